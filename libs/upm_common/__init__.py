@@ -1,0 +1,1 @@
+"""What every upm service shares: settings, logging, server bootstrap, errors, storage factories."""

@@ -1,0 +1,23 @@
+"""The durable event log and change feed: one interface, a SQL and a Redis Streams backend."""
+
+from upm_common.eventlog.base import (
+    EVENTS,
+    MEMBERSHIP_CHANGES,
+    PROFILE_CHANGES,
+    Delivery,
+    EventLog,
+    LogRecord,
+    dead_letter_topic,
+)
+from upm_common.eventlog.factory import create_event_log
+
+__all__ = [
+    "EVENTS",
+    "MEMBERSHIP_CHANGES",
+    "PROFILE_CHANGES",
+    "Delivery",
+    "EventLog",
+    "LogRecord",
+    "create_event_log",
+    "dead_letter_topic",
+]

@@ -1,0 +1,192 @@
+"""The composition of a gRPC service process: server, health, reflection, interceptors, drain.
+
+`build_server` returns an unstarted server bound to its port (port 0 picks a free one, for
+tests). `run_app` starts it with the app's workers, and on SIGTERM or SIGINT drains: health turns
+NOT_SERVING so load balancers stop sending, in-flight RPCs get `drain_seconds` to finish, workers
+are cancelled, and resources are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from upm_common.interceptors import ErrorMappingInterceptor, TelemetryInterceptor
+from upm_common.logging import get_logger
+from upm_common.metrics import start_metrics_server
+from upm_common.settings import CommonSettings, SettingsError
+
+log = get_logger("upm.server")
+
+Worker = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ServiceRegistration:
+    """A servicer and the generated function that adds it to a server."""
+
+    name: str
+    add: Callable[[Any, grpc.aio.Server], None]
+    servicer: Any
+
+
+@dataclass
+class ServiceApp:
+    """What a service's composition root returns: servicers, background workers, cleanup."""
+
+    registrations: list[ServiceRegistration]
+    workers: list[Worker] = field(default_factory=list)
+    close: Callable[[], Awaitable[None]] | None = None
+
+
+@dataclass
+class RunningServer:
+    """A built server with the health servicer that reports its state."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service_names: list[str]
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+
+def _server_credentials(settings: CommonSettings) -> grpc.ServerCredentials | None:
+    if not settings.tls_cert_file:
+        return None
+    if not settings.tls_key_file:
+        raise SettingsError("UPM_TLS_CERT_FILE is set but UPM_TLS_KEY_FILE is not")
+    key = Path(settings.tls_key_file).read_bytes()
+    cert = Path(settings.tls_cert_file).read_bytes()
+    ca = Path(settings.tls_ca_file).read_bytes() if settings.tls_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+async def build_server(
+    settings: CommonSettings,
+    registrations: Sequence[ServiceRegistration],
+    *,
+    port: int | None = None,
+    extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> RunningServer:
+    """An unstarted server with the servicers, health and reflection, bound to its port."""
+    server = grpc.aio.server(
+        interceptors=[TelemetryInterceptor(), *extra_interceptors, ErrorMappingInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    for registration in registrations:
+        registration.add(registration.servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [r.name for r in registrations]
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            [
+                *names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+    address = f"{settings.grpc_host}:{settings.grpc_port if port is None else port}"
+    credentials = _server_credentials(settings)
+    bound = (
+        server.add_secure_port(address, credentials)
+        if credentials
+        else server.add_insecure_port(address)
+    )
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC server to {address}")
+    running = RunningServer(server, bound, health_servicer, names)
+    await running.set_serving(False)
+    return running
+
+
+async def run_apps(
+    settings: CommonSettings,
+    apps: Sequence[tuple[CommonSettings, ServiceApp]],
+    *,
+    with_workers: bool = True,
+    serve_rpcs: bool = True,
+    on_started: Callable[[list[RunningServer]], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run one or several services until SIGTERM / SIGINT (or `stop`), then drain them."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    servers: list[RunningServer] = []
+    for app_settings, app in apps:
+        registrations = app.registrations if serve_rpcs else []
+        names = [r.name for r in app.registrations]
+        running = await build_server(app_settings, registrations)
+        running.service_names = names
+        servers.append(running)
+        start_metrics_server(app_settings.metrics_port)
+
+    for running in servers:
+        await running.server.start()
+        await running.set_serving(True)
+    workers = [w for _, app in apps for w in app.workers] if with_workers else []
+    async with run_workers(workers):
+        if on_started:
+            on_started(servers)
+        log.info("started", ports=[s.port for s in servers], workers=len(workers))
+        await stop.wait()
+        log.info("draining", grace_seconds=settings.drain_seconds)
+        for running in servers:
+            await running.set_serving(False)
+        await asyncio.gather(*(s.server.stop(settings.drain_seconds) for s in servers))
+    for _, app in apps:
+        if app.close is not None:
+            await app.close()
+    log.info("stopped")
+
+
+@contextlib.asynccontextmanager
+async def run_workers(workers: Sequence[Worker]) -> AsyncIterator[None]:
+    """Run workers in the background while the block runs; cancel them after it."""
+    tasks = [asyncio.create_task(_supervise(w), name=f"worker-{i}") for i, w in enumerate(workers)]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _supervise(worker: Worker) -> None:
+    """Run a worker forever; a crash is logged and the worker restarted after a pause."""
+    while True:
+        try:
+            await worker()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("worker_crashed", worker=getattr(worker, "__qualname__", repr(worker)))
+            await asyncio.sleep(1.0)
