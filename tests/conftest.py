@@ -161,3 +161,11 @@ async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
             await client.delete(*keys)
     finally:
         await client.aclose()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _route_logs_through_stdlib() -> None:
+    """Send structlog through the standard library, so `caplog` sees what services log."""
+    from upm_common.logging import configure_logging
+
+    configure_logging("console", "info")
