@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help install protos check-protos lint fmt test test-unit run bench bench-smoke clean
+.PHONY: help install protos check-protos docs check-docs lint fmt test test-unit run bench bench-smoke clean
 
 help: ## List every target with what it does.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,6 +28,12 @@ protos: $(STAMP) ## Regenerate gen/python from protos/ (code and .pyi stubs).
 check-protos: $(STAMP) ## Fail when gen/python differs from what protos/ generates.
 	$(BIN)/python scripts/check_protos.py
 
+docs: $(STAMP) ## Regenerate the README's table of configuration variables.
+	$(BIN)/python scripts/settings_table.py
+
+check-docs: $(STAMP) ## Fail when the README's configuration table is stale.
+	$(BIN)/python scripts/settings_table.py --check
+
 lint: $(STAMP) ## ruff (format and lint), mypy and buf lint.
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
@@ -39,7 +45,7 @@ fmt: $(STAMP) ## Format the code and apply ruff's safe fixes.
 	$(BIN)/ruff check --fix .
 
 test: $(STAMP) ## Run the whole test suite (lint, contracts, unit, integration, e2e).
-	$(MAKE) --no-print-directory lint check-protos
+	$(MAKE) --no-print-directory lint check-protos check-docs
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP) ## Run the tests that need no PostgreSQL, Redis or browser.

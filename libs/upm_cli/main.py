@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Ctrl-C drains and stops them.",
     )
     up.add_argument("--no-migrate", action="store_true", help="do not apply migrations first")
+    up.add_argument(
+        "--base-port",
+        type=int,
+        default=50051,
+        help="gRPC port of ingest; profile, segment and orchestrator take the next three",
+    )
+    up.add_argument("--http-port", type=int, help="port of the HTTP collector (default 8088)")
 
     serve = commands.add_parser(
         "serve",
@@ -83,7 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in {"up", "serve", "worker", "migrate"}:
             configure_logging(common.log_format, common.log_level)
         if args.command == "up":
-            return asyncio.run(_up(common, migrate=not args.no_migrate))
+            return asyncio.run(
+                _up(
+                    common,
+                    migrate=not args.no_migrate,
+                    base_port=args.base_port,
+                    http_port=args.http_port,
+                )
+            )
         if args.command == "serve":
             return asyncio.run(_serve(SERVICES[args.service], workers_only=False))
         if args.command == "worker":
@@ -125,19 +139,24 @@ async def _serve(entry: ServiceEntry, *, workers_only: bool) -> int:
     return 0
 
 
-async def _up(common: CommonSettings, *, migrate: bool) -> int:
+async def _up(
+    common: CommonSettings, *, migrate: bool, base_port: int, http_port: int | None
+) -> int:
     if migrate:
         await upgrade_all(common.database_url)
+    # One process runs every service: each gets its own port, and each knows where its peers are.
+    ports = {name: base_port + offset for offset, name in enumerate(SERVICES)}
+    peers = {
+        "profile_address": f"127.0.0.1:{ports['profile']}",
+        "segment_address": f"127.0.0.1:{ports['segment']}",
+        "orchestrator_address": f"127.0.0.1:{ports['orchestrator']}",
+    }
     apps = []
-    for entry in SERVICES.values():
-        cls = entry.settings_class()
-        # One process runs every service, so each keeps its own default port.
-        settings = load_settings(cls).model_copy(
-            update={
-                "grpc_port": cls.model_fields["grpc_port"].default,
-                "metrics_port": 0,
-            }
-        )
+    for name, entry in SERVICES.items():
+        update: dict[str, object] = {"grpc_port": ports[name], "metrics_port": 0, **peers}
+        if name == "ingest" and http_port is not None:
+            update["http_port"] = http_port
+        settings = load_settings(entry.settings_class()).model_copy(update=update)
         apps.append((settings, await entry.build_app()(settings)))
 
     def announce(servers: list[RunningServer]) -> None:

@@ -1,0 +1,78 @@
+"""Helpers to run the `upm` command as a user would: real processes on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+UPM = str(Path(sys.executable).with_name("upm"))
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def upm_env(tmp_path: Path) -> dict[str, str]:
+    """A clean environment for `upm`: its own SQLite file, no UPM_* from the caller."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UPM_")}
+    env.update(
+        UPM_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/upm.db",
+        UPM_LOG_FORMAT="json",
+        UPM_DRAIN_SECONDS="2",
+    )
+    return env
+
+
+@contextlib.contextmanager
+def running(args: list[str], env: dict[str, str], cwd: Path) -> Iterator[subprocess.Popen[str]]:
+    """Start `upm args...`; terminate it (SIGTERM, then SIGKILL) when the block ends."""
+    process = subprocess.Popen(
+        [UPM, *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+async def wait_serving(port: int, service: str = "", timeout: float = 30.0) -> None:
+    """Poll the standard health service until it answers SERVING."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"port {port} never reported SERVING for {service!r}")
+            await asyncio.sleep(0.2)
