@@ -56,6 +56,17 @@ class RunningServer:
     port: int
     health: health.aio.HealthServicer
     service_names: list[str]
+    health_server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
+
+    async def stop(self, grace: float | None) -> None:
+        if self.health_server is not None:
+            await self.health_server.stop(None)
+        await self.server.stop(grace)
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -90,10 +101,7 @@ async def build_server(
     """An unstarted server with the servicers, health and reflection, bound to its port."""
     server = grpc.aio.server(
         interceptors=[TelemetryInterceptor(), *extra_interceptors, ErrorMappingInterceptor()],
-        options=[
-            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=_SERVER_OPTIONS,
     )
     for registration in registrations:
         registration.add(registration.servicer, server)
@@ -119,8 +127,24 @@ async def build_server(
     if bound == 0:
         raise OSError(f"cannot bind gRPC server to {address}")
     running = RunningServer(server, bound, health_servicer, names)
+    if credentials and settings.health_port:
+        # Kubelet gRPC probes cannot present a client certificate: serve health alone in
+        # plaintext on its own port, backed by the same health servicer.
+        running.health_server = grpc.aio.server(options=_SERVER_OPTIONS)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, running.health_server)
+        running.health_server.add_insecure_port(f"{settings.grpc_host}:{settings.health_port}")
     await running.set_serving(False)
     return running
+
+
+_SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.so_reuseport", 0),
+    # Connections are recycled every few minutes so that clients balancing round robin over
+    # DNS discover new pods after a scale-up, without any connection breaking mid-call.
+    ("grpc.max_connection_age_ms", 300_000),
+    ("grpc.max_connection_age_grace_ms", 30_000),
+]
 
 
 async def run_apps(
@@ -149,7 +173,7 @@ async def run_apps(
         start_metrics_server(app_settings.metrics_port)
 
     for running in servers:
-        await running.server.start()
+        await running.start()
         await running.set_serving(True)
     workers = [w for _, app in apps for w in app.workers] if with_workers else []
     async with run_workers(workers):
@@ -160,7 +184,7 @@ async def run_apps(
         log.info("draining", grace_seconds=settings.drain_seconds)
         for running in servers:
             await running.set_serving(False)
-        await asyncio.gather(*(s.server.stop(settings.drain_seconds) for s in servers))
+        await asyncio.gather(*(s.stop(settings.drain_seconds) for s in servers))
     for _, app in apps:
         if app.close is not None:
             await app.close()

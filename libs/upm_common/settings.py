@@ -50,10 +50,26 @@ class CommonSettings(BaseSettings):
     run_workers: bool = Field(
         default=True, description="Run the service's background workers inside `upm serve`."
     )
+    health_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Plaintext port serving only gRPC health, for probes when TLS is on (0: off).",
+    )
     tls_cert_file: str | None = Field(default=None, description="Server certificate (PEM).")
     tls_key_file: str | None = Field(default=None, description="Server private key (PEM).")
     tls_ca_file: str | None = Field(
         default=None, description="CA bundle for mutual TLS (clients must present a cert)."
+    )
+    profile_consumer_group: str = Field(
+        default="profile", description="Consumer group of the profile workers on the event log."
+    )
+    segment_consumer_group: str = Field(
+        default="segment", description="Consumer group of the segment workers on the change feed."
+    )
+    orchestrator_consumer_group: str = Field(
+        default="orchestrator",
+        description="Consumer group of the orchestrator on the membership feed.",
     )
     profile_address: str = Field(
         default="127.0.0.1:50052", description="host:port of the profile service."

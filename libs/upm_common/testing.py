@@ -30,7 +30,7 @@ async def serve_app(
 ) -> AsyncIterator[ServedApp]:
     """Start `app` on 127.0.0.1 with a free port (and its workers); stop everything after."""
     running = await build_server(settings, app.registrations, port=0)
-    await running.server.start()
+    await running.start()
     await running.set_serving(True)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     async with run_workers(app.workers if with_workers else []):
@@ -38,6 +38,6 @@ async def serve_app(
             yield ServedApp(running, channel)
         finally:
             await channel.close()
-            await running.server.stop(None)
+            await running.stop(None)
             if app.close is not None:
                 await app.close()

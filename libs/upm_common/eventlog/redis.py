@@ -1,0 +1,313 @@
+"""The Redis Streams event log: partitioned streams with consumer groups, the log at scale.
+
+Layout: topic `t` has `partitions` streams `upm:{t:0}` ... `upm:{t:N-1}`; a record goes to the
+partition `crc32(key) % N`, so the records of one key (one person) stay in order. Each stream
+key is its own hash tag, so every command and script touches one Redis Cluster slot. Entries
+hold two fields: `k` (the record key) and `p` (the payload). Delivery ids are
+`<partition>/<stream id>`.
+
+Leases. A claim takes new entries with XREADGROUP and, for entries whose lease ended, XAUTOCLAIM.
+The lease is written into the entry's idle time: a claimer with lease L sets the idle time of
+what it took to `LEASE_HORIZON - L` (XCLAIM ... IDLE ... JUSTID), and XAUTOCLAIM reclaims only
+entries idle for at least `LEASE_HORIZON`, which they reach exactly L after the claim. So each
+claim carries its own lease and a crashed consumer's entries come back when their lease ends.
+Reading new entries and setting their lease happen in one Lua script, so no entry is ever
+pending without a lease. Redis counts deliveries; past `max_attempts` an entry is appended to
+the dead-letter topic (`<topic>.dead`) and acknowledged.
+
+Length bound. With `max_len`, a partition longer than `max_len` is trimmed with XTRIM MINID up
+to the oldest entry some group still needs (its oldest pending entry, or the first entry after
+its last delivered one), so unconsumed entries are never trimmed: under consumer lag the bound is
+soft. Without any group nothing is trimmed (a group created later starts at the oldest entry).
+
+Durability: `append` returns after Redis accepted the XADDs; how durable that is follows the
+server's persistence (run Redis with `appendonly yes`; `appendfsync always` for no loss on a
+power cut).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from upm_common.eventlog.base import (
+    DEFAULT_MAX_ATTEMPTS,
+    Delivery,
+    LogRecord,
+    dead_letter_topic,
+)
+
+LEASE_HORIZON_MS = 24 * 3600 * 1000
+"""Idle time at which an entry's lease has ended; leases are at most this long."""
+
+_TRIM_INTERVAL_SECONDS = 1.0
+_POLL_MIN_SECONDS = 0.005
+_POLL_MAX_SECONDS = 0.1
+
+# KEYS[1]: the stream. ARGV: group, consumer, count, horizon ms, idle to set ms.
+# Returns {claimed, deleted}: claimed is a list of {id, delivery count, fields}.
+_CLAIM_LUA = """
+local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+local count = tonumber(ARGV[3])
+local horizon, lease_idle = ARGV[4], ARGV[5]
+local out = {}
+local ids = {}
+local start = '0-0'
+repeat
+  local reply = redis.call('XAUTOCLAIM', stream, group, consumer, horizon, start,
+                           'COUNT', count - #out)
+  start = reply[1]
+  for _, entry in ipairs(reply[2]) do
+    if entry and entry[2] then
+      local info = redis.call('XPENDING', stream, group, entry[1], entry[1], 1)
+      local deliveries = 1
+      if info[1] then deliveries = info[1][4] end
+      table.insert(out, {entry[1], deliveries, entry[2]})
+      table.insert(ids, entry[1])
+    end
+  end
+until start == '0-0' or #out >= count
+if #out < count then
+  local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count - #out,
+                           'STREAMS', stream, '>')
+  if reply and reply[1] then
+    for _, entry in ipairs(reply[1][2]) do
+      table.insert(out, {entry[1], 1, entry[2]})
+      table.insert(ids, entry[1])
+    end
+  end
+end
+for first = 1, #ids, 200 do
+  local args = {stream, group, consumer, 0}
+  for i = first, math.min(first + 199, #ids) do table.insert(args, ids[i]) end
+  table.insert(args, 'IDLE')
+  table.insert(args, lease_idle)
+  table.insert(args, 'JUSTID')
+  redis.call('XCLAIM', unpack(args))
+end
+return out
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _fields(raw: Any) -> dict[str, bytes]:
+    if isinstance(raw, dict):
+        return {_text(k): v for k, v in raw.items()}
+    return {_text(raw[i]): raw[i + 1] for i in range(0, len(raw), 2)}
+
+
+def _id_key(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class RedisEventLog:
+    """EventLog on Redis Streams (see the module docstring for the layout and semantics)."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        partitions: int = 8,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        max_len: int | None = None,
+        prefix: str = "upm",
+    ) -> None:
+        if partitions < 1:
+            raise ValueError("partitions must be at least 1")
+        self._redis = redis
+        self._partitions = partitions
+        self._max_attempts = max_attempts
+        self._max_len = max_len
+        self._prefix = prefix
+        self._claim = redis.register_script(_CLAIM_LUA)
+        self._last_trim: dict[str, float] = {}
+        self._cursor = 0
+
+    def stream_key(self, topic: str, partition: int) -> str:
+        """The Redis key of one partition of a topic."""
+        return f"{self._prefix}:{{{topic}:{partition}}}"
+
+    def partition_of(self, key: str) -> int:
+        return zlib.crc32(key.encode("utf-8")) % self._partitions
+
+    async def append(self, topic: str, records: Sequence[LogRecord]) -> list[str]:
+        if not records:
+            return []
+        partitions = [self.partition_of(r.key) for r in records]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for record, partition in zip(records, partitions, strict=True):
+                pipe.xadd(self.stream_key(topic, partition), {"k": record.key, "p": record.payload})
+            stream_ids = await pipe.execute()
+        if self._max_len is not None:
+            await self._maybe_trim(topic, sorted(set(partitions)))
+        return [
+            f"{partition}/{_text(stream_id)}"
+            for partition, stream_id in zip(partitions, stream_ids, strict=True)
+        ]
+
+    async def ensure_group(self, topic: str, group: str) -> None:
+        for partition in range(self._partitions):
+            try:
+                await self._redis.xgroup_create(
+                    self.stream_key(topic, partition), group, id="0", mkstream=True
+                )
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def claim(
+        self,
+        topic: str,
+        group: str,
+        consumer: str,
+        max_count: int,
+        *,
+        lease_seconds: float = 30.0,
+        block_seconds: float = 0.0,
+    ) -> list[Delivery]:
+        if max_count <= 0:
+            return []
+        lease_ms = max(1, min(int(lease_seconds * 1000), LEASE_HORIZON_MS))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + block_seconds
+        pause = _POLL_MIN_SECONDS
+        while True:
+            claimed = await self._claim_once(topic, group, consumer, max_count, lease_ms)
+            remaining = deadline - loop.time()
+            if claimed or remaining <= 0:
+                return claimed
+            await asyncio.sleep(min(pause, remaining))
+            pause = min(pause * 2, _POLL_MAX_SECONDS)
+
+    async def _claim_once(
+        self, topic: str, group: str, consumer: str, max_count: int, lease_ms: int
+    ) -> list[Delivery]:
+        out: list[Delivery] = []
+        dead: list[tuple[int, str, LogRecord]] = []
+        # Start at a rotating partition so one busy partition cannot starve the others.
+        self._cursor = (self._cursor + 1) % self._partitions
+        for step in range(self._partitions):
+            if len(out) >= max_count:
+                break
+            partition = (self._cursor + step) % self._partitions
+            key = self.stream_key(topic, partition)
+            try:
+                reply = await self._claim(
+                    keys=[key],
+                    args=[
+                        group,
+                        consumer,
+                        max_count - len(out),
+                        LEASE_HORIZON_MS,
+                        LEASE_HORIZON_MS - lease_ms,
+                    ],
+                )
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    continue
+                raise
+            for raw_id, deliveries, raw_fields in reply:
+                stream_id = _text(raw_id)
+                fields = _fields(raw_fields)
+                record_key = _text(fields.get("k", b""))
+                payload = fields.get("p", b"")
+                attempts = int(deliveries)
+                if attempts > self._max_attempts:
+                    dead.append((partition, stream_id, LogRecord(record_key, payload)))
+                else:
+                    out.append(
+                        Delivery(
+                            id=f"{partition}/{stream_id}",
+                            key=record_key,
+                            payload=payload,
+                            attempts=attempts,
+                        )
+                    )
+        if dead:
+            await self.append(dead_letter_topic(topic), [record for _, _, record in dead])
+            await self.ack(topic, group, [f"{p}/{sid}" for p, sid, _ in dead])
+        out.sort(key=lambda d: (int(d.id.split("/", 1)[0]), _id_key(d.id.split("/", 1)[1])))
+        return out
+
+    async def ack(self, topic: str, group: str, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        by_partition: dict[int, list[str]] = {}
+        for delivery_id in ids:
+            number, _, stream_id = delivery_id.partition("/")
+            by_partition.setdefault(int(number), []).append(stream_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for partition, stream_ids in by_partition.items():
+                pipe.xack(self.stream_key(topic, partition), group, *stream_ids)
+            await pipe.execute()
+
+    async def pending(self, topic: str, group: str) -> int:
+        total = 0
+        for index in range(self._partitions):
+            key = self.stream_key(topic, index)
+            try:
+                infos = await self._redis.xinfo_groups(key)
+            except ResponseError:
+                continue
+            for raw_info in infos:
+                info = {_text(k): v for k, v in raw_info.items()}
+                if _text(info.get("name", b"")) != group:
+                    continue
+                total += int(info.get("pending") or 0)
+                lag = info.get("lag")
+                if lag is None:
+                    last = _text(info.get("last-delivered-id", b"0-0"))
+                    lag = len(await self._redis.xrange(key, min=f"({last}", max="+") or [])
+                total += int(lag)
+        return total
+
+    async def _maybe_trim(self, topic: str, partitions: list[int]) -> None:
+        now = time.monotonic()
+        for partition in partitions:
+            key = self.stream_key(topic, partition)
+            if now - self._last_trim.get(key, 0.0) < _TRIM_INTERVAL_SECONDS:
+                continue
+            self._last_trim[key] = now
+            await self.trim(key)
+
+    async def trim(self, key: str) -> int:
+        """Trim one partition to its bound without dropping entries any group still needs."""
+        if self._max_len is None or await self._redis.xlen(key) <= self._max_len:
+            return 0
+        safe = await self._oldest_needed(key)
+        if safe is None:
+            return 0
+        return int(await self._redis.xtrim(key, minid=safe, approximate=False))
+
+    async def _oldest_needed(self, key: str) -> str | None:
+        """The smallest id some group still needs; None when trimming is not safe or useful."""
+        try:
+            infos = await self._redis.xinfo_groups(key)
+        except ResponseError:
+            return None
+        if not infos:
+            return None
+        candidates: list[tuple[int, int]] = []
+        for raw_info in infos:
+            info = {_text(k): v for k, v in raw_info.items()}
+            name = _text(info["name"])
+            summary = await self._redis.xpending(key, name)
+            if summary and summary.get("pending"):
+                candidates.append(_id_key(_text(summary["min"])))
+            last_ms, last_seq = _id_key(_text(info.get("last-delivered-id", b"0-0")))
+            candidates.append((last_ms, last_seq + 1))
+        ms, seq = min(candidates)
+        return f"{ms}-{seq}"
+
+    async def close(self) -> None:
+        """The Redis client belongs to the caller; nothing to release."""
