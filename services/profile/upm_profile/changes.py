@@ -1,0 +1,143 @@
+"""The change feed: ProfileChange records written in the same transaction as the change.
+
+With the SQL event log the change is appended to the `profile-changes` topic inside the store's
+transaction (the log table is the outbox). With another backend (Redis Streams) the change goes
+to the `profile_outbox` table in that transaction and a relay worker moves it to the log, in
+order, deleting what it moved; a crash between the two re-sends, so consumers drop repeated
+`change_id`s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+import structlog
+from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from upm.profile.v1 import profile_service_pb2 as pb
+from upm_common.eventlog import PROFILE_CHANGES, EventLog, LogRecord
+from upm_profile.effects import EVENT_TYPE_VALUES, public_event_id
+from upm_profile.identifiers import IdentifierKey, to_proto
+from upm_profile.store.tables import outbox
+
+log = structlog.get_logger(__name__)
+
+
+def change(
+    kind: pb.ProfileChangeType.ValueType,
+    profile_id: str,
+    *,
+    merged: Iterable[str] = (),
+    split: Iterable[str] = (),
+    trait_names: Iterable[str] = (),
+    identifiers: Iterable[IdentifierKey] = (),
+    event_id: str = "",
+    event_name: str = "",
+    event_type: str = "",
+    event_time: datetime | None = None,
+) -> pb.ProfileChange:
+    record = pb.ProfileChange(
+        change_id=uuid.uuid4().hex,
+        type=kind,
+        profile_id=profile_id,
+        merged_profile_ids=list(merged),
+        split_profile_ids=list(split),
+        trait_names=sorted(trait_names),
+        identifiers=[to_proto(k) for k in identifiers],
+        event_id=public_event_id(event_id),
+        event_name=event_name,
+        event_type=EVENT_TYPE_VALUES.get(event_type, 0),  # type: ignore[arg-type]
+    )
+    record.change_time.FromDatetime(datetime.now(UTC))
+    if event_time is not None:
+        record.event_time.FromDatetime(event_time)
+    return record
+
+
+class ChangePublisher(Protocol):
+    """Writes changes inside the caller's transaction."""
+
+    async def publish(self, conn: AsyncConnection, changes: Sequence[pb.ProfileChange]) -> None:
+        """Make `changes` part of the transaction of `conn`."""
+        ...
+
+
+class AppendIn(Protocol):
+    async def append_in(
+        self, conn: AsyncConnection, topic: str, records: Sequence[LogRecord]
+    ) -> list[str]: ...
+
+
+def _records(changes: Sequence[pb.ProfileChange]) -> list[LogRecord]:
+    return [LogRecord(key=c.profile_id, payload=c.SerializeToString()) for c in changes]
+
+
+class SqlLogPublisher:
+    """Appends to the SQL event log in the same transaction."""
+
+    def __init__(self, event_log: AppendIn) -> None:
+        self._log = event_log
+
+    async def publish(self, conn: AsyncConnection, changes: Sequence[pb.ProfileChange]) -> None:
+        if changes:
+            await self._log.append_in(conn, PROFILE_CHANGES, _records(changes))
+
+
+class OutboxPublisher:
+    """Writes to profile_outbox; `relay` moves the rows to the event log."""
+
+    async def publish(self, conn: AsyncConnection, changes: Sequence[pb.ProfileChange]) -> None:
+        if changes:
+            now = datetime.now(UTC)
+            await conn.execute(
+                insert(outbox),
+                [
+                    {"key": r.key, "payload": r.payload, "created_time": now}
+                    for r in _records(changes)
+                ],
+            )
+
+
+class NullPublisher:
+    """Publishes nothing (tools and tests that do not need the feed)."""
+
+    async def publish(self, conn: AsyncConnection, changes: Sequence[pb.ProfileChange]) -> None:
+        return None
+
+
+async def relay_once(engine: AsyncEngine, event_log: EventLog, batch_size: int = 500) -> int:
+    """Move up to `batch_size` outbox rows to the change feed; returns how many moved."""
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(outbox.c.id, outbox.c.key, outbox.c.payload)
+                .order_by(outbox.c.id)
+                .limit(batch_size)
+            )
+        ).all()
+    if not rows:
+        return 0
+    await event_log.append(PROFILE_CHANGES, [LogRecord(key=r.key, payload=r.payload) for r in rows])
+    async with engine.begin() as conn:
+        await conn.execute(delete(outbox).where(outbox.c.id.in_([r.id for r in rows])))
+    return len(rows)
+
+
+async def relay_forever(
+    engine: AsyncEngine, event_log: EventLog, idle_seconds: float = 0.1
+) -> None:
+    """The outbox relay worker (only when the event log is not the SQL one)."""
+    while True:
+        try:
+            moved = await relay_once(engine, event_log)
+        except Exception:
+            log.exception("outbox_relay_failed")
+            moved = 0
+            await asyncio.sleep(1.0)
+        if moved == 0:
+            await asyncio.sleep(idle_seconds)
