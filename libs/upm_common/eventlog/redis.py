@@ -94,6 +94,16 @@ end
 return out
 """
 
+# KEYS[1]: the stream. ARGV: key, payload, key, payload, ... Returns the new entry ids joined
+# by spaces (one reply string parses much faster than one reply per entry).
+_APPEND_LUA = """
+local ids = {}
+for i = 1, #ARGV, 2 do
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', 'k', ARGV[i], 'p', ARGV[i + 1])
+end
+return table.concat(ids, ' ')
+"""
+
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -130,6 +140,7 @@ class RedisEventLog:
         self._max_len = max_len
         self._prefix = prefix
         self._claim = redis.register_script(_CLAIM_LUA)
+        self._append = redis.register_script(_APPEND_LUA)
         self._last_trim: dict[str, float] = {}
         self._cursor = 0
 
@@ -143,17 +154,27 @@ class RedisEventLog:
     async def append(self, topic: str, records: Sequence[LogRecord]) -> list[str]:
         if not records:
             return []
-        partitions = [self.partition_of(r.key) for r in records]
+        by_partition: dict[int, list[int]] = {}
+        for index, record in enumerate(records):
+            by_partition.setdefault(self.partition_of(record.key), []).append(index)
+        # One script call per partition (all XADDs of a partition in one command, in order),
+        # all calls in one round trip.
         async with self._redis.pipeline(transaction=False) as pipe:
-            for record, partition in zip(records, partitions, strict=True):
-                pipe.xadd(self.stream_key(topic, partition), {"k": record.key, "p": record.payload})
-            stream_ids = await pipe.execute()
+            for partition, indices in by_partition.items():
+                args: list[str | bytes] = []
+                for index in indices:
+                    args.append(records[index].key)
+                    args.append(records[index].payload)
+                await self._append(keys=[self.stream_key(topic, partition)], args=args, client=pipe)
+            replies = await pipe.execute()
+        ids = [""] * len(records)
+        for (partition, indices), joined in zip(by_partition.items(), replies, strict=True):
+            stream_ids = _text(joined).split(" ")
+            for index, stream_id in zip(indices, stream_ids, strict=True):
+                ids[index] = f"{partition}/{stream_id}"
         if self._max_len is not None:
-            await self._maybe_trim(topic, sorted(set(partitions)))
-        return [
-            f"{partition}/{_text(stream_id)}"
-            for partition, stream_id in zip(partitions, stream_ids, strict=True)
-        ]
+            await self._maybe_trim(topic, sorted(by_partition))
+        return ids
 
     async def ensure_group(self, topic: str, group: str) -> None:
         for partition in range(self._partitions):

@@ -1,0 +1,521 @@
+"""Ingest throughput: events/s accepted durably into Redis Streams, beside the raw ceilings.
+
+Measured in one run, on one machine:
+- grpc_batch: BatchIngest batches through the real ingest service (validation, enrichment,
+  suppression, Redis `SET NX` dedup, XADD into Redis Streams, acknowledgement);
+- http_batch: the same events as Segment JSON through the HTTP collector's /v1/batch;
+- grpc_echo / http_echo: a bare grpc.aio server / bare aiohttp server answering the same batches
+  with one result per event and doing nothing else (the transport's ceiling);
+- xadd: a bare pipelined XADD of the same serialized events (the log's ceiling).
+Then the p50 / p99 acknowledgement latency of one batch at half the measured throughput, in an
+open loop (batches sent on a fixed schedule, not waiting for each other), with batches of 100
+events (what Segment's server libraries flush at); the throughput phase sends batches of 500
+with 8 in flight.
+
+Servers run in their own processes (the client is this process), so on a 2-core machine the
+service gets one core and the load generator the other. Figures are medians of `runs` runs.
+Run: `python -m bench.ingest_throughput` (or through `python -m bench`); needs Redis
+(UPM_BENCH_REDIS_URL, else UPM_TEST_REDIS_URL, else redis://127.0.0.1:6379/0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+METHOD = "/upm.ingest.v1.IngestService/BatchIngest"
+
+
+def _redis_url() -> str:
+    return (
+        os.environ.get("UPM_BENCH_REDIS_URL")
+        or os.environ.get("UPM_TEST_REDIS_URL")
+        or "redis://127.0.0.1:6379/0"
+    )
+
+
+def _event_dict(run: str, batch: int, i: int) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "messageId": f"{run}-{batch}-{i}",
+        "anonymousId": f"anon-{(batch * 7919 + i) % 50000}",
+        "event": "Product Viewed",
+        "timestamp": "2026-01-01T12:00:00.000Z",
+        "properties": {"sku": f"SKU-{i % 300}", "price": 19.99, "currency": "EUR"},
+        "context": {
+            "page": {"url": "https://shop.example.com/p/1?utm_source=google&utm_medium=cpc"},
+            "userAgent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like "
+            "Gecko) Chrome/124.0.0.0 Safari/537.36",
+            "library": {"name": "analytics-python", "version": "2.3.0"},
+        },
+    }
+
+
+def _grpc_batches(run: str, batches: int, size: int) -> list[bytes]:
+    """Serialized BatchIngestRequest messages with unique message ids."""
+    from upm.common.v1 import event_pb2
+    from upm.ingest.v1 import ingest_service_pb2 as pb
+
+    out = []
+    for b in range(batches):
+        request = pb.BatchIngestRequest()
+        for i in range(size):
+            data = _event_dict(run, b, i)
+            event = request.events.add(
+                type=event_pb2.EVENT_TYPE_TRACK,
+                message_id=data["messageId"],
+                anonymous_id=data["anonymousId"],
+                event=data["event"],
+            )
+            event.event_time.FromJsonString(data["timestamp"])
+            event.properties.update(data["properties"])
+            event.context.page.url = data["context"]["page"]["url"]
+            event.context.user_agent = data["context"]["userAgent"]
+            event.context.library_name = "analytics-python"
+        out.append(request.SerializeToString())
+    return out
+
+
+def _http_batches(run: str, batches: int, size: int) -> list[bytes]:
+    import orjson
+
+    return [
+        orjson.dumps({"batch": [_event_dict(run, b, i) for i in range(size)]})
+        for b in range(batches)
+    ]
+
+
+# -- servers (child processes) ----------------------------------------------------------------
+
+
+async def _serve_ingest(redis_url: str, prefix: str) -> None:
+    from upm_common.eventlog.redis import RedisEventLog
+    from upm_common.migrations import upgrade
+    from upm_common.redis import create_redis
+    from upm_common.server import build_server
+    from upm_ingest.server import build_ingest, freeze_startup_objects
+    from upm_ingest.settings import IngestSettings
+    from upm_ingest.store import SourceLimitOverrides
+
+    folder = tempfile.mkdtemp(prefix="upm-bench-")
+    database_url = f"sqlite+aiosqlite:///{folder}/bench.db"
+    await upgrade(database_url, "eventlog")
+    await upgrade(database_url, "ingest")
+    settings = IngestSettings(
+        database_url=database_url,
+        redis_url=redis_url,
+        event_log_backend="redis",
+        grpc_port=0,
+        http_port=0,
+        metrics_port=0,
+        dedup_key_prefix=f"{prefix}dedup",
+        rate_per_second=1e9,
+        rate_burst=1_000_000_000,
+    )
+    redis = create_redis(redis_url)
+    app = await build_ingest(
+        settings, redis=redis, event_log=RedisEventLog(redis, prefix=f"{prefix}upm")
+    )
+    _, write_key = await app.registry.create("bench", SourceLimitOverrides())
+    running = await build_server(settings, app.service_app.registrations, port=0)
+    await running.server.start()
+    freeze_startup_objects()  # as build_app does
+    print(
+        "READY " + json.dumps({"grpc": running.port, "http": app.http_port, "key": write_key}),
+        flush=True,
+    )
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await running.server.stop(0)
+    await app.close()
+
+
+async def _serve_echo() -> None:
+    import grpc
+    import orjson
+    from aiohttp import web
+
+    from upm.ingest.v1 import ingest_service_pb2 as pb
+
+    def echo(request: pb.BatchIngestRequest, context: Any) -> pb.BatchIngestResponse:
+        return pb.BatchIngestResponse(
+            results=[
+                pb.EventResult(
+                    index=i, message_id=e.message_id, status=pb.EVENT_RESULT_STATUS_ACCEPTED
+                )
+                for i, e in enumerate(request.events)
+            ]
+        )
+
+    async def handler(request: pb.BatchIngestRequest, context: Any) -> pb.BatchIngestResponse:
+        return echo(request, context)
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "upm.ingest.v1.IngestService",
+                {
+                    "BatchIngest": grpc.unary_unary_rpc_method_handler(
+                        handler,
+                        request_deserializer=pb.BatchIngestRequest.FromString,
+                        response_serializer=pb.BatchIngestResponse.SerializeToString,
+                    )
+                },
+            )
+        ]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+
+    async def http_echo(request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        return web.Response(
+            body=orjson.dumps({"success": True, "accepted": len(body["batch"])}),
+            content_type="application/json",
+        )
+
+    app = web.Application(client_max_size=10 * 1024 * 1024)
+    app.router.add_post("/v1/batch", http_echo)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    http_port = runner.addresses[0][1]
+    print("READY " + json.dumps({"grpc": port, "http": http_port}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await server.stop(0)
+    await runner.cleanup()
+
+
+class Child:
+    """A server child process that prints `READY {json}` and stops when its stdin closes."""
+
+    def __init__(self, *args: str) -> None:
+        self.args = args
+        self.process: asyncio.subprocess.Process | None = None
+        self.info: dict[str, Any] = {}
+
+    async def __aenter__(self) -> Child:
+        env = {
+            **os.environ,
+            "UPM_LOG_LEVEL": "warning",
+            "PYTHONPATH": os.pathsep.join(
+                [str(ROOT)]
+                + [
+                    str(ROOT / p)
+                    for p in ("gen/python", "libs", "services/ingest", "services/profile")
+                ]
+            ),
+        }
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.ingest_throughput",
+            *self.args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+            cwd=str(ROOT),
+        )
+        assert self.process.stdout is not None
+        while True:
+            line = await asyncio.wait_for(self.process.stdout.readline(), timeout=60)
+            if not line:
+                raise RuntimeError(f"server {self.args} exited before it was ready")
+            if line.startswith(b"READY "):
+                self.info = json.loads(line[6:])
+                return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.process is not None and self.process.stdin is not None
+        self.process.stdin.close()
+        try:
+            await asyncio.wait_for(self.process.wait(), timeout=10)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+
+
+# -- load generation --------------------------------------------------------------------------
+
+Send = Callable[[bytes], Awaitable[int]]
+
+
+def _quiet_gc() -> None:
+    """Keep the load generator's own garbage collection out of the measured latencies."""
+    gc.collect()
+    gc.freeze()
+
+
+async def _drive(send: Send, bodies: list[bytes], concurrency: int) -> dict[str, float]:
+    """Send every body with `concurrency` in flight; events/s and ack latency percentiles."""
+    _quiet_gc()
+    latencies: list[float] = []
+    queue = list(reversed(bodies))
+    events = 0
+
+    async def worker() -> None:
+        nonlocal events
+        while queue:
+            body = queue.pop()
+            started = time.perf_counter()
+            accepted = await send(body)  # not `events += await ...`: that reads `events` first
+            events += accepted
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    return {"events_per_second": events / elapsed, **_percentiles(latencies)}
+
+
+async def _paced(send: Send, bodies: list[bytes], per_second: float, size: int) -> dict[str, float]:
+    """Send batches at a fixed event rate (open loop); ack latency percentiles."""
+    _quiet_gc()
+    interval = size / per_second
+    latencies: list[float] = []
+    tasks = []
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+
+    async def one(body: bytes) -> None:
+        began = time.perf_counter()
+        await send(body)
+        latencies.append(time.perf_counter() - began)
+
+    for index, body in enumerate(bodies):
+        delay = start + index * interval - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(body)))
+    await asyncio.gather(*tasks)
+    return _percentiles(latencies)
+
+
+def _percentiles(latencies: list[float]) -> dict[str, float]:
+    ordered = sorted(latencies)
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    return {"p50_ms": pick(0.50), "p99_ms": pick(0.99)}
+
+
+def _grpc_sender(port: int, key: str) -> tuple[Any, Send]:
+    import grpc
+
+    from upm.ingest.v1 import ingest_service_pb2 as pb
+
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    )
+    call = channel.unary_unary(
+        METHOD,
+        request_serializer=lambda raw: raw,
+        response_deserializer=pb.BatchIngestResponse.FromString,
+    )
+    metadata = (("x-upm-write-key", key),) if key else ()
+
+    async def send(body: bytes) -> int:
+        response = await call(body, metadata=metadata, timeout=60)
+        accepted = sum(1 for r in response.results if r.status == pb.EVENT_RESULT_STATUS_ACCEPTED)
+        return accepted
+
+    return channel, send
+
+
+def _http_sender(session: Any, port: int, key: str) -> Send:
+    import base64
+
+    import orjson
+
+    url = f"http://127.0.0.1:{port}/v1/batch"
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+
+    async def send(body: bytes) -> int:
+        async with session.post(url, data=body, headers=headers) as response:
+            answer = orjson.loads(await response.read())
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}: {answer}")
+            return int(answer["accepted"])
+
+    return send
+
+
+async def _bare_xadd(redis_url: str, prefix: str, bodies: list[bytes]) -> float:
+    """Events/s of pipelined XADDs of the same events (one pipeline per batch)."""
+    from upm.ingest.v1 import ingest_service_pb2 as pb
+    from upm_common.redis import create_redis
+
+    redis = create_redis(redis_url)
+    payloads = [
+        [
+            (e.anonymous_id, e.SerializeToString())
+            for e in pb.BatchIngestRequest.FromString(b).events
+        ]
+        for b in bodies
+    ]
+    try:
+        started = time.perf_counter()
+        total = 0
+        for batch in payloads:
+            async with redis.pipeline(transaction=False) as pipe:
+                for key, payload in batch:
+                    pipe.xadd(f"{prefix}xadd:{{events:{hash(key) % 8}}}", {"k": key, "p": payload})
+                await pipe.execute()
+            total += len(batch)
+        rate = total / (time.perf_counter() - started)
+    finally:
+        keys = [k async for k in redis.scan_iter(match=f"{prefix}xadd:*", count=1000)]
+        if keys:
+            await redis.delete(*keys)
+        await redis.aclose()
+    return rate
+
+
+async def _cleanup(redis_url: str, prefix: str) -> None:
+    from upm_common.redis import create_redis
+
+    redis = create_redis(redis_url)
+    try:
+        keys = [k async for k in redis.scan_iter(match=f"{prefix}*", count=5000)]
+        for start in range(0, len(keys), 1000):
+            await redis.delete(*keys[start : start + 1000])
+    finally:
+        await redis.aclose()
+
+
+LATENCY_BATCH = 100
+"""Events per batch in the latency phase: what Segment's server libraries flush at."""
+
+
+def _paced_count(per_second: float, smoke: bool) -> int:
+    """Batches for about three seconds of paced load (a handful when smoke testing)."""
+    if smoke:
+        return 5
+    return max(20, min(600, int(per_second * 3 / LATENCY_BATCH)))
+
+
+async def _one_run(run: int, smoke: bool, redis_url: str) -> dict[str, float]:
+    import aiohttp
+
+    size = 50 if smoke else 500
+    batches = 4 if smoke else 120
+    concurrency = 2 if smoke else 8
+    prefix = f"upmbench:{uuid.uuid4().hex[:8]}:"
+    tag = uuid.uuid4().hex[:8]
+    grpc_bodies = _grpc_batches(f"g{tag}", batches, size)
+    http_bodies = _http_batches(f"h{tag}", batches, size)
+    result: dict[str, float] = {}
+    try:
+        async with Child("echo") as echo, Child("serve", redis_url, prefix) as ingest:
+            key = ingest.info["key"]
+            async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=concurrency)
+            ) as session:
+                channel, send = _grpc_sender(echo.info["grpc"], "")
+                echo_grpc = await _drive(send, grpc_bodies, concurrency)
+                await channel.close()
+                channel, send = _grpc_sender(ingest.info["grpc"], key)
+                real_grpc = await _drive(send, grpc_bodies, concurrency)
+                half = real_grpc["events_per_second"] / 2
+                grpc_paced = _grpc_batches(f"gp{tag}", _paced_count(half, smoke), LATENCY_BATCH)
+                grpc_latency = await _paced(send, grpc_paced, half, LATENCY_BATCH)
+                await channel.close()
+                echo_http = await _drive(
+                    _http_sender(session, echo.info["http"], ""), http_bodies, concurrency
+                )
+                send_http = _http_sender(session, ingest.info["http"], key)
+                real_http = await _drive(send_http, http_bodies, concurrency)
+                half = real_http["events_per_second"] / 2
+                http_paced = _http_batches(f"hp{tag}", _paced_count(half, smoke), LATENCY_BATCH)
+                http_latency = await _paced(send_http, http_paced, half, LATENCY_BATCH)
+        xadd = await _bare_xadd(redis_url, prefix, grpc_bodies)
+    finally:
+        await _cleanup(redis_url, prefix)
+    result.update(
+        grpc_events_per_second=real_grpc["events_per_second"],
+        grpc_echo_events_per_second=echo_grpc["events_per_second"],
+        http_events_per_second=real_http["events_per_second"],
+        http_echo_events_per_second=echo_http["events_per_second"],
+        xadd_events_per_second=xadd,
+        grpc_p99_ms_full_load=real_grpc["p99_ms"],
+        http_p99_ms_full_load=real_http["p99_ms"],
+        grpc_p50_ms_half_load=grpc_latency["p50_ms"],
+        grpc_p99_ms_half_load=grpc_latency["p99_ms"],
+        http_p50_ms_half_load=http_latency["p50_ms"],
+        http_p99_ms_half_load=http_latency["p99_ms"],
+    )
+    return result
+
+
+async def run(smoke: bool) -> dict[str, Any]:
+    """The benchmark entry point used by `python -m bench`."""
+    runs = 1 if smoke else 3
+    redis_url = _redis_url()
+    samples = [await _one_run(i, smoke, redis_url) for i in range(runs)]
+    median = {name: statistics.median(s[name] for s in samples) for name in samples[0]}
+    rounded = {name: round(value, 1) for name, value in median.items()}
+    return {
+        "runs": runs,
+        "batch_size": 50 if smoke else 500,
+        "latency_batch_size": LATENCY_BATCH,
+        "median": rounded,
+        "ratios": {
+            "grpc_vs_grpc_echo": round(
+                median["grpc_events_per_second"] / median["grpc_echo_events_per_second"], 3
+            ),
+            "grpc_vs_xadd": round(
+                median["grpc_events_per_second"] / median["xadd_events_per_second"], 3
+            ),
+            "http_vs_http_echo": round(
+                median["http_events_per_second"] / median["http_echo_events_per_second"], 3
+            ),
+            "http_vs_xadd": round(
+                median["http_events_per_second"] / median["xadd_events_per_second"], 3
+            ),
+        },
+        "targets": {
+            "grpc_events_per_second": 50_000,
+            "http_events_per_second": 20_000,
+            "p99_ms_half_load": 50,
+        },
+        "samples": samples,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve")
+    serve.add_argument("redis_url")
+    serve.add_argument("prefix")
+    sub.add_parser("echo")
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args()
+    if args.command == "serve":
+        asyncio.run(_serve_ingest(args.redis_url, args.prefix))
+    elif args.command == "echo":
+        asyncio.run(_serve_echo())
+    else:
+        with contextlib.suppress(KeyboardInterrupt):
+            print(json.dumps(asyncio.run(run(args.smoke)), indent=2))
+
+
+if __name__ == "__main__":
+    main()

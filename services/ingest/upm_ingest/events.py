@@ -1,0 +1,523 @@
+"""Validation and normalisation of Segment-spec events.
+
+Two doors lead here: Segment JSON from the HTTP collector (`from_segment_json`) and
+`upm.common.v1.Event` messages from gRPC (`check_proto_event`). Both end in one normalised
+`Event` proto, or a `FieldError` naming the offending field as a Segment JSON path (HTTP) or a
+proto field path (gRPC).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from upm.common.v1 import event_pb2, identity_pb2
+
+EventType = event_pb2.EventType
+
+TYPE_BY_NAME: dict[str, int] = {
+    "identify": event_pb2.EVENT_TYPE_IDENTIFY,
+    "track": event_pb2.EVENT_TYPE_TRACK,
+    "page": event_pb2.EVENT_TYPE_PAGE,
+    "screen": event_pb2.EVENT_TYPE_SCREEN,
+    "group": event_pb2.EVENT_TYPE_GROUP,
+    "alias": event_pb2.EVENT_TYPE_ALIAS,
+}
+NAME_BY_TYPE: dict[int, str] = {value: name for name, value in TYPE_BY_NAME.items()}
+
+MAX_ID_LENGTH = 255
+"""Longest message id, user id, anonymous id, group id or previous id."""
+
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9999, 12, 31, tzinfo=UTC)
+_LATEST_SECONDS = int((_LATEST - _EARLIEST).total_seconds())
+_NS = 1_000_000_000
+_MICROSECOND = timedelta(microseconds=1)
+
+
+class FieldError(Exception):
+    """One event is invalid: `field` names the offending field, `reason` says what is wrong."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeLimits:
+    """Limits on the shape of one event's free-form values."""
+
+    max_depth: int = 32
+    max_string_length: int = 8192
+
+
+# Proto field names of the gRPC door, keyed by the Segment JSON name used in messages.
+PROTO_NAMES = {
+    "type": "type",
+    "messageId": "message_id",
+    "userId": "user_id",
+    "anonymousId": "anonymous_id",
+    "event": "event",
+    "name": "name",
+    "groupId": "group_id",
+    "previousId": "previous_id",
+    "properties": "properties",
+    "traits": "traits",
+    "context": "context",
+    "integrations": "integrations",
+    "timestamp": "event_time",
+    "sentAt": "sent_time",
+    "originalTimestamp": "original_time",
+    "context.traits": "context.traits",
+    "context.extra": "context.extra",
+    "identifiers": "identifiers",
+}
+
+
+def check_json_shape(value: Any, path: str, limits: ShapeLimits) -> None:
+    """Reject values nested deeper than the limit or holding over-long strings or keys."""
+    found = _json_shape_error(value, 1, limits)
+    if found is not None:
+        segments, reason = found
+        where = path
+        for segment in reversed(segments):
+            if isinstance(segment, int):
+                where = f"{where}[{segment}]"
+            else:
+                where = f"{where}.{segment}" if where else segment
+        raise FieldError(where, reason)
+
+
+def _json_shape_error(
+    value: Any, depth: int, limits: ShapeLimits
+) -> tuple[list[str | int], str] | None:
+    # Recursive (bounded by max_depth) and builds the path only on failure: this runs for
+    # every event, so it avoids allocating a path string per value.
+    kind = type(value)
+    longest = limits.max_string_length
+    if kind is str:
+        if len(value) > longest:
+            return [], f"string longer than {longest} characters"
+        return None
+    if kind is float:
+        return None if math.isfinite(value) else ([], "numbers must be finite")
+    if kind is dict:
+        if depth > limits.max_depth:
+            return [], f"nested deeper than {limits.max_depth} levels"
+        items: Any = value.items()
+    elif kind is list:
+        if depth > limits.max_depth:
+            return [], f"nested deeper than {limits.max_depth} levels"
+        items = enumerate(value)
+    else:
+        return None
+    for key, child in items:
+        if kind is dict and len(key) > longest:
+            return [], f"key longer than {longest} characters"
+        child_kind = type(child)
+        if child_kind is str:
+            if len(child) > longest:
+                return [key], f"string longer than {longest} characters"
+        elif child_kind is dict or child_kind is list or child_kind is float:
+            found = _json_shape_error(child, depth + 1, limits)
+            if found is not None:
+                found[0].append(key)
+                return found
+    return None
+
+
+def check_struct_shape(struct: struct_pb2.Struct, path: str, limits: ShapeLimits) -> None:
+    """`check_json_shape` for a google.protobuf.Struct (the gRPC door)."""
+    # Fast path: a flat struct of short strings and finite numbers (the common case).
+    flat = True
+    for key, value in struct.fields.items():
+        kind = value.WhichOneof("kind")
+        if (
+            kind in ("struct_value", "list_value")
+            or len(key) > limits.max_string_length
+            or (kind == "string_value" and len(value.string_value) > limits.max_string_length)
+            or (kind == "number_value" and not math.isfinite(value.number_value))
+        ):
+            flat = False
+            break
+    if flat:
+        return
+    # Depth counts as in `check_json_shape`, where the event object itself is level 1.
+    stack: list[tuple[Any, str, int]] = [(struct, path, 2)]
+    while stack:
+        item, where, depth = stack.pop()
+        if isinstance(item, struct_pb2.Struct):
+            if depth > limits.max_depth:
+                raise FieldError(where, f"nested deeper than {limits.max_depth} levels")
+            for key, child in item.fields.items():
+                if len(key) > limits.max_string_length:
+                    raise FieldError(
+                        where, f"key longer than {limits.max_string_length} characters"
+                    )
+                stack.append((child, f"{where}.{key}", depth + 1))
+        elif isinstance(item, struct_pb2.ListValue):
+            if depth > limits.max_depth:
+                raise FieldError(where, f"nested deeper than {limits.max_depth} levels")
+            for index, child in enumerate(item.values):
+                stack.append((child, f"{where}[{index}]", depth + 1))
+        else:
+            kind = item.WhichOneof("kind")
+            if kind == "string_value":
+                if len(item.string_value) > limits.max_string_length:
+                    raise FieldError(
+                        where, f"string longer than {limits.max_string_length} characters"
+                    )
+            elif kind == "number_value":
+                if not math.isfinite(item.number_value):
+                    raise FieldError(where, "numbers must be finite")
+            elif kind == "struct_value":
+                stack.append((item.struct_value, where, depth))
+            elif kind == "list_value":
+                stack.append((item.list_value, where, depth))
+
+
+def parse_time(value: Any, field: str) -> datetime:
+    """An ISO 8601 timestamp as an aware UTC datetime (no offset means UTC)."""
+    if not isinstance(value, str):
+        raise FieldError(field, "must be an ISO 8601 timestamp string")
+    text = value.strip()
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise FieldError(field, f"is not an ISO 8601 timestamp: {text[:40]!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(UTC)
+    if not _EARLIEST <= moment < _LATEST:
+        raise FieldError(field, "is outside the years 1970 to 9999")
+    return moment
+
+
+def _identity(value: Any, field: str) -> str:
+    """Segment accepts ids as strings or numbers; numbers are kept as their decimal text."""
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise FieldError(field, "must be a string or a number")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise FieldError(field, "must be a finite number")
+        text = str(int(value)) if value.is_integer() else repr(value)
+    else:
+        text = str(value)
+    text = text.strip()
+    if len(text) > MAX_ID_LENGTH:
+        raise FieldError(field, f"longer than {MAX_ID_LENGTH} characters")
+    return text
+
+
+def _string(value: Any, field: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise FieldError(field, "must be a string")
+    return value
+
+
+def _object(value: Any, field: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise FieldError(field, "must be a JSON object")
+    return value
+
+
+_PAGE_FIELDS = ("url", "path", "referrer", "search", "title")
+_CAMPAIGN_FIELDS = ("name", "source", "medium", "term", "content")
+_KNOWN_CONTEXT = {
+    "ip",
+    "userAgent",
+    "page",
+    "campaign",
+    "locale",
+    "timezone",
+    "traits",
+    "library",
+    "externalIds",
+}
+
+
+def _fill_context(context: event_pb2.Context, data: Mapping[str, Any]) -> None:
+    context.ip = _string(data.get("ip"), "context.ip")
+    context.user_agent = _string(data.get("userAgent"), "context.userAgent")
+    context.locale = _string(data.get("locale"), "context.locale")
+    context.timezone = _string(data.get("timezone"), "context.timezone")
+    page = _object(data.get("page"), "context.page")
+    if page:
+        for name in _PAGE_FIELDS:
+            setattr(context.page, name, _string(page.get(name), f"context.page.{name}"))
+    campaign = _object(data.get("campaign"), "context.campaign")
+    if campaign:
+        for name in _CAMPAIGN_FIELDS:
+            setattr(context.campaign, name, _string(campaign.get(name), f"context.campaign.{name}"))
+    traits = _object(data.get("traits"), "context.traits")
+    if traits:
+        context.traits.update(traits)
+    library = _object(data.get("library"), "context.library")
+    if library:
+        context.library_name = _string(library.get("name"), "context.library.name")
+        version = library.get("version")
+        context.library_version = (
+            str(version)
+            if isinstance(version, int | float) and not isinstance(version, bool)
+            else _string(version, "context.library.version")
+        )
+    extra = {key: value for key, value in data.items() if key not in _KNOWN_CONTEXT}
+    if extra:
+        context.extra.update(extra)
+
+
+def _external_ids(value: Any) -> list[identity_pb2.Identifier]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise FieldError("context.externalIds", "must be a list")
+    identifiers = []
+    for index, item in enumerate(value):
+        field = f"context.externalIds[{index}]"
+        if not isinstance(item, dict):
+            raise FieldError(field, "must be an object with id and type")
+        identifier = _identity(item.get("id"), f"{field}.id")
+        namespace = _string(item.get("type"), f"{field}.type").strip()
+        if not identifier or not namespace:
+            raise FieldError(field, "needs a non-empty id and type")
+        identifiers.append(
+            identity_pb2.Identifier(
+                type=identity_pb2.IDENTIFIER_TYPE_EXTERNAL, value=identifier, namespace=namespace
+            )
+        )
+    return identifiers
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDefaults:
+    """Fields a /v1/batch body may give once for all its events (Segment: sentAt, context)."""
+
+    sent_at: Any = None
+    context: Mapping[str, Any] | None = None
+    integrations: Mapping[str, Any] | None = None
+
+
+def from_segment_json(
+    data: Any,
+    *,
+    implied_type: str | None,
+    limits: ShapeLimits,
+    defaults: BatchDefaults | None = None,
+) -> tuple[event_pb2.Event, int | None]:
+    """Parse one Segment JSON event; returns the event and its `sentAt` (ns, None if absent).
+
+    Times are parsed but not yet corrected for clock skew; `finalize` does that.
+    """
+    if not isinstance(data, dict):
+        raise FieldError("", "an event must be a JSON object")
+    check_json_shape(data, "", limits)
+    event = event_pb2.Event()
+    type_name = data.get("type", data.get("action"))
+    if implied_type is not None:
+        if type_name is not None and str(type_name).lower() != implied_type:
+            raise FieldError("type", f"must be {implied_type!r} on this endpoint")
+        type_name = implied_type
+    if not isinstance(type_name, str) or type_name.lower() not in TYPE_BY_NAME:
+        raise FieldError("type", "must be one of " + ", ".join(TYPE_BY_NAME))
+    event.type = TYPE_BY_NAME[type_name.lower()]  # type: ignore[assignment]
+    message_id = data.get("messageId")
+    if message_id is not None:
+        if not isinstance(message_id, str):
+            raise FieldError("messageId", "must be a string")
+        event.message_id = message_id.strip()
+    event.user_id = _identity(data.get("userId"), "userId")
+    event.anonymous_id = _identity(data.get("anonymousId"), "anonymousId")
+    event.event = _string(data.get("event"), "event")
+    event.name = _string(data.get("name"), "name")
+    event.group_id = _identity(data.get("groupId"), "groupId")
+    event.previous_id = _identity(data.get("previousId"), "previousId")
+    properties = _object(data.get("properties"), "properties")
+    if properties:
+        event.properties.update(properties)
+    if event.type == event_pb2.EVENT_TYPE_PAGE and "category" in data and data["category"]:
+        event.properties["category"] = _string(data["category"], "category")
+    traits = _object(data.get("traits"), "traits")
+    if traits:
+        event.traits.update(traits)
+    context = _object(data.get("context"), "context") or {}
+    if defaults is not None and defaults.context:
+        context = {**defaults.context, **context}
+    _fill_context(event.context, context)
+    event.identifiers.extend(_external_ids(context.get("externalIds")))
+    integrations = _object(data.get("integrations"), "integrations")
+    if integrations is None and defaults is not None and defaults.integrations:
+        integrations = dict(defaults.integrations)
+    if integrations:
+        event.integrations.update(integrations)
+    for field, target in (("timestamp", "event_time"), ("originalTimestamp", "original_time")):
+        if data.get(field) is not None:
+            _set_stamp(getattr(event, target), datetime_ns(parse_time(data[field], field)))
+    sent_raw = data.get("sentAt")
+    if sent_raw is None and defaults is not None:
+        sent_raw = defaults.sent_at
+    sent_at = datetime_ns(parse_time(sent_raw, "sentAt")) if sent_raw is not None else None
+    return event, sent_at
+
+
+def _stamp_ns(stamp: Any) -> int:
+    return int(stamp.seconds) * _NS + int(stamp.nanos)
+
+
+def _set_stamp(stamp: Any, nanoseconds: int) -> None:
+    stamp.seconds, stamp.nanos = divmod(nanoseconds, _NS)
+
+
+def datetime_ns(moment: datetime) -> int:
+    """Nanoseconds since the epoch of an aware datetime."""
+    return (moment - _EARLIEST) // _MICROSECOND * 1000
+
+
+_CONTEXT_STRINGS = ("ip", "user_agent", "locale", "timezone", "library_name")
+
+
+def _raise_too_long(message: Any, names: tuple[str, ...], limit: int, prefix: str) -> None:
+    for name in names:
+        if len(getattr(message, name)) > limit:
+            raise FieldError(f"{prefix}{name}", f"longer than {limit} characters")
+
+
+def check_proto_event(
+    event: event_pb2.Event, *, implied_type: int | None, limits: ShapeLimits
+) -> tuple[event_pb2.Event, int | None]:
+    """Validate a gRPC event in place; returns it and its sent time (ns since the epoch)."""
+    if implied_type is not None:
+        if event.type not in (event_pb2.EVENT_TYPE_UNSPECIFIED, implied_type):
+            raise FieldError("type", f"must be {NAME_BY_TYPE[implied_type]} for this call")
+        event.type = implied_type  # type: ignore[assignment]
+    for name in ("properties", "traits", "integrations"):
+        if event.HasField(name):
+            check_struct_shape(getattr(event, name), name, limits)
+    longest = limits.max_string_length
+    if event.HasField("context"):
+        context = event.context
+        if context.HasField("traits"):
+            check_struct_shape(context.traits, "context.traits", limits)
+        if context.HasField("extra"):
+            check_struct_shape(context.extra, "context.extra", limits)
+        if (
+            max(
+                len(context.ip),
+                len(context.user_agent),
+                len(context.locale),
+                len(context.timezone),
+                len(context.library_name),
+            )
+            > longest
+        ):
+            _raise_too_long(context, _CONTEXT_STRINGS, longest, "context.")
+        if context.HasField("page"):
+            page = context.page
+            if (
+                max(len(page.url), len(page.path), len(page.referrer), len(page.search)) > longest
+                or len(page.title) > longest
+            ):
+                _raise_too_long(page, _PAGE_FIELDS, longest, "context.page.")
+    if max(len(event.event), len(event.name)) > longest:
+        _raise_too_long(event, ("event", "name"), longest, "")
+    if (
+        max(
+            len(event.user_id),
+            len(event.anonymous_id),
+            len(event.group_id),
+            len(event.previous_id),
+        )
+        > MAX_ID_LENGTH
+    ):
+        _raise_too_long(
+            event, ("user_id", "anonymous_id", "group_id", "previous_id"), MAX_ID_LENGTH, ""
+        )
+    for name, present, stamp in (
+        ("event_time", event.HasField("event_time"), event.event_time),
+        ("sent_time", event.HasField("sent_time"), event.sent_time),
+        ("original_time", event.HasField("original_time"), event.original_time),
+    ):
+        if present:
+            if not 0 <= stamp.nanos < _NS:
+                raise FieldError(name, "is not a valid timestamp")
+            if not 0 <= stamp.seconds < _LATEST_SECONDS:
+                raise FieldError(name, "is outside the years 1970 to 9999")
+    sent = _stamp_ns(event.sent_time) if event.HasField("sent_time") else None
+    return event, sent
+
+
+def finalize(
+    event: event_pb2.Event,
+    *,
+    sent_at: int | None,
+    received: int,
+    source_id: str,
+    proto_names: bool = False,
+) -> event_pb2.Event:
+    """Check the spec's required fields and set ids and times, in place.
+
+    Times are nanoseconds since the epoch.
+    - messageId: kept when given (at most 255 characters); assigned when absent.
+    - userId or anonymousId: one is required (alias: userId and previousId; group: groupId;
+      track: event).
+    - Times: `event_time` = timestamp + (receivedAt - sentAt) when the client sent both, which
+      corrects the client's clock skew; the client's own timestamp is kept as `original_time`.
+      Without a timestamp the event happened when it was received.
+    """
+
+    def name(segment_name: str) -> str:
+        return PROTO_NAMES.get(segment_name, segment_name) if proto_names else segment_name
+
+    if event.type == event_pb2.EVENT_TYPE_UNSPECIFIED:
+        raise FieldError(name("type"), "is required")
+    if len(event.message_id) > MAX_ID_LENGTH:
+        raise FieldError(name("messageId"), f"longer than {MAX_ID_LENGTH} characters")
+    if not event.message_id:
+        event.message_id = f"upm-{uuid.uuid4()}"
+    if event.type == event_pb2.EVENT_TYPE_ALIAS:
+        if not event.user_id:
+            raise FieldError(name("userId"), "is required for alias")
+        if not event.previous_id:
+            raise FieldError(name("previousId"), "is required for alias")
+    elif not event.user_id and not event.anonymous_id:
+        raise FieldError(name("userId"), "userId or anonymousId is required")
+    if event.type == event_pb2.EVENT_TYPE_TRACK and not event.event.strip():
+        raise FieldError(name("event"), "is required for track")
+    if event.type == event_pb2.EVENT_TYPE_GROUP and not event.group_id:
+        raise FieldError(name("groupId"), "is required for group")
+    client_time: int | None = None
+    if event.HasField("event_time"):
+        client_time = _stamp_ns(event.event_time)
+    elif event.HasField("original_time"):
+        client_time = _stamp_ns(event.original_time)
+    if client_time is None:
+        corrected = received
+    else:
+        if not event.HasField("original_time"):
+            _set_stamp(event.original_time, client_time)
+        corrected = client_time + (received - sent_at if sent_at is not None else 0)
+        if not 0 <= corrected < _LATEST_SECONDS * _NS:
+            raise FieldError(name("sentAt"), "is too far from the receive time")
+    _set_stamp(event.event_time, corrected)
+    if sent_at is not None:
+        _set_stamp(event.sent_time, sent_at)
+    _set_stamp(event.received_time, received)
+    event.source_id = source_id
+    return event
+
+
+def identity_key(event: event_pb2.Event) -> str:
+    """The event log key: userId, else anonymousId (events of one person stay in order)."""
+    return event.user_id or event.anonymous_id
