@@ -50,7 +50,7 @@ SERVICES: dict[str, ServiceEntry] = {
             "orchestrator",
             "upm_orchestrator.settings:OrchestratorSettings",
             "upm_orchestrator.server:build_app",
-            False,
+            True,
         ),
     ]
 }

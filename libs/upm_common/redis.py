@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
+
+POOL_WAIT_SECONDS = 5.0
 
 
 def create_redis(url: str, *, max_connections: int = 64) -> Redis:
-    """A pooled asyncio client; decoding stays off so payloads round-trip as bytes."""
-    return Redis.from_url(
+    """A pooled asyncio client; decoding stays off so payloads round-trip as bytes.
+
+    The pool blocks when all its connections are busy (up to POOL_WAIT_SECONDS) instead of
+    failing: a burst of concurrent requests queues for a connection rather than erroring.
+    """
+    pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
+        timeout=POOL_WAIT_SECONDS,
         health_check_interval=30,
         socket_keepalive=True,
         decode_responses=False,
     )
+    return Redis.from_pool(pool)

@@ -1,0 +1,1 @@
+"""The orchestrator: cross-channel fatigue decisions, follow-ups and campaign planning."""

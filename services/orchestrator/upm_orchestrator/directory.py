@@ -1,0 +1,164 @@
+"""What the orchestrator reads from its peers: people (profile service) and segments.
+
+`ProfileDirectory` gives consent, time zone and suppression, and withdraws consent when a
+person unsubscribes or complains; `SegmentDirectory` lists a segment's members. Each has an
+in-memory implementation (tests, benchmarks) and a gRPC client of the peer service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+import grpc
+
+from upm.common.v1 import consent_pb2
+from upm_common.errors import NotFoundError, UnavailableError
+from upm_orchestrator.engine import ProfileInfo
+
+UNSUBSCRIBED = consent_pb2.CONSENT_STATUS_UNSUBSCRIBED
+
+
+class ProfileDirectory(Protocol):
+    """People as the profile service knows them."""
+
+    async def get_profiles(self, profile_ids: Sequence[str]) -> dict[str, ProfileInfo]:
+        """The profiles found among `profile_ids` (absent ids are not in the result)."""
+        ...
+
+    async def withdraw_consent(
+        self, profile_id: str, channel: str, purpose: int, when: datetime, source: str
+    ) -> None:
+        """Record that the person unsubscribed from `channel` for `purpose`."""
+        ...
+
+
+class SegmentDirectory(Protocol):
+    """Segments as the segment service knows them."""
+
+    def members(self, segment_id: str) -> AsyncIterator[str]:
+        """Every member's profile id; raises NotFoundError for an unknown segment."""
+        ...
+
+
+class InMemoryProfileDirectory:
+    """A ProfileDirectory over a dict, for tests and benchmarks."""
+
+    def __init__(self, profiles: Sequence[ProfileInfo] = ()) -> None:
+        self.profiles: dict[str, ProfileInfo] = {p.profile_id: p for p in profiles}
+
+    def put(self, profile: ProfileInfo) -> None:
+        self.profiles[profile.profile_id] = profile
+
+    async def get_profiles(self, profile_ids: Sequence[str]) -> dict[str, ProfileInfo]:
+        return {pid: self.profiles[pid] for pid in profile_ids if pid in self.profiles}
+
+    async def withdraw_consent(
+        self, profile_id: str, channel: str, purpose: int, when: datetime, source: str
+    ) -> None:
+        del when, source
+        profile = self.profiles[profile_id]
+        consents = dict(profile.consents or {})
+        consents[(channel, purpose)] = UNSUBSCRIBED
+        self.profiles[profile_id] = ProfileInfo(
+            profile.profile_id, profile.timezone, profile.suppressed, consents
+        )
+
+
+class InMemorySegmentDirectory:
+    """A SegmentDirectory over a dict, for tests and benchmarks."""
+
+    def __init__(self, segments: Mapping[str, Sequence[str]] | None = None) -> None:
+        self.segments: dict[str, list[str]] = {k: list(v) for k, v in (segments or {}).items()}
+
+    async def members(self, segment_id: str) -> AsyncIterator[str]:
+        if segment_id not in self.segments:
+            raise NotFoundError(
+                f"segment {segment_id!r} not found",
+                resource_type="segment",
+                resource_name=segment_id,
+            )
+        for profile_id in self.segments[segment_id]:
+            yield profile_id
+
+
+def _peer_error(exc: grpc.aio.AioRpcError, what: str) -> Exception:
+    if exc.code() == grpc.StatusCode.NOT_FOUND:
+        return NotFoundError(f"{what} not found: {exc.details()}")
+    return UnavailableError(f"{what}: peer answered {exc.code().name}", retry_after_seconds=1.0)
+
+
+class GrpcProfileDirectory:
+    """A ProfileDirectory backed by upm.profile.v1.ProfileService."""
+
+    def __init__(self, channel: grpc.aio.Channel, *, timeout_seconds: float = 2.0) -> None:
+        from upm.profile.v1 import profile_service_pb2, profile_service_pb2_grpc
+
+        self._pb: Any = profile_service_pb2
+        self._stub: Any = profile_service_pb2_grpc.ProfileServiceStub(channel)
+        self._timeout = timeout_seconds
+
+    async def get_profiles(self, profile_ids: Sequence[str]) -> dict[str, ProfileInfo]:
+        found: dict[str, ProfileInfo] = {}
+        unique = list(dict.fromkeys(profile_ids))
+        for start in range(0, len(unique), 1000):
+            chunk = unique[start : start + 1000]
+            try:
+                response = await self._stub.BatchGetProfiles(
+                    self._pb.BatchGetProfilesRequest(profile_ids=chunk), timeout=self._timeout
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise _peer_error(exc, "profiles") from exc
+            for asked, result in zip(chunk, response.results, strict=False):
+                if not result.found:
+                    continue
+                profile = result.profile
+                consents = {(c.channel, c.purpose): c.status for c in profile.consents}
+                found[asked] = ProfileInfo(asked, profile.timezone, False, consents)
+        return found
+
+    async def withdraw_consent(
+        self, profile_id: str, channel: str, purpose: int, when: datetime, source: str
+    ) -> None:
+        request = self._pb.UpdateConsentRequest(
+            profile_id=profile_id,
+            channel=channel,
+            purpose=purpose,
+            status=UNSUBSCRIBED,
+            source=source,
+        )
+        request.update_time.FromDatetime(when)
+        try:
+            await self._stub.UpdateConsent(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _peer_error(exc, f"profile {profile_id!r}") from exc
+
+
+class GrpcSegmentDirectory:
+    """A SegmentDirectory backed by upm.segment.v1.SegmentService."""
+
+    def __init__(self, channel: grpc.aio.Channel, *, timeout_seconds: float = 10.0) -> None:
+        from upm.segment.v1 import segment_service_pb2, segment_service_pb2_grpc
+
+        self._pb: Any = segment_service_pb2
+        self._stub: Any = segment_service_pb2_grpc.SegmentServiceStub(channel)
+        self._timeout = timeout_seconds
+
+    async def members(self, segment_id: str) -> AsyncIterator[str]:
+        token = ""
+        while True:
+            try:
+                response = await self._stub.ListSegmentMembers(
+                    self._pb.ListSegmentMembersRequest(
+                        segment_id=segment_id, page_size=1000, page_token=token
+                    ),
+                    timeout=self._timeout,
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise _peer_error(exc, f"segment {segment_id!r}") from exc
+            for profile_id in response.profile_ids:
+                yield profile_id
+            token = response.next_page_token
+            if not token:
+                return

@@ -1,0 +1,1 @@
+"""Fatigue ledgers: one interface (`base.FatigueStore`), one module per backend."""
