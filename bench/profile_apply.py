@@ -1,13 +1,19 @@
 """Profile apply throughput on PostgreSQL, beside a raw COPY of the same rows.
 
 The mix follows the issue: 60% anonymous page views, 20% identified tracks, 10% identifies that
-link an anonymous id to a known user (with traits), 10% purchases (`Order Completed`). Events are
-decoded and applied by the real store (identity resolution, traits, aggregates, change feed) in
-claimed-size batches by several concurrent workers, each with its own connection. The ceiling is
-a COPY of the same number of rows into a bare table shaped like profile_events.
+link an anonymous id to a known user (with traits), 10% purchases (`Order Completed`). A feeder
+appends the events to the SQL event log as ingest does, keeping at most UPM_BENCH_PROFILE_BACKLOG
+(10,000) waiting, while ProfileWorkers in several processes consume it through the real worker
+path: claim, decode, identity resolution, traits, aggregates, change feed, acknowledge. The rate
+is events over the time from the workers' start to the last acknowledgement. The ceiling is a
+COPY of the same number of rows into a bare table shaped like profile_events, measured on the
+same database in the same run. Each run uses a fresh database; the figures are those of the
+median run (all runs are listed). Tune with UPM_BENCH_PROFILE_PROCESSES / _WORKERS (per
+process) / _BATCH / _BACKLOG.
 
-A second measure sends events through the SQL event log at a fixed rate and reports the latency
-from the append being acknowledged to the commit that makes the event readable.
+A second measure appends events to the SQL event log at a fixed rate while two worker processes
+consume it, and reports the latency from the append being acknowledged to the commit of the
+apply that makes the event readable (p50 / p99 / max, wall clock across processes).
 
 Run: `python -m bench.profile_apply [--smoke]` (needs PostgreSQL on 127.0.0.1:5432).
 """
@@ -29,22 +35,34 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import struct_pb2
+from sqlalchemy import func, select
 
 from upm.common.v1 import event_pb2
 from upm.profile.v1 import profile_service_pb2 as pb
 from upm_common.db import create_engine
-from upm_common.eventlog import EVENTS, LogRecord
+from upm_common.eventlog import EVENTS, Delivery, LogRecord
 from upm_common.eventlog.sql import SqlEventLog
 from upm_common.migrations import upgrade
 from upm_profile.changes import SqlLogPublisher
-from upm_profile.effects import effects_of_event
 from upm_profile.identifiers import BlockList
 from upm_profile.store.sql import SqlProfileStore
+from upm_profile.store.tables import applied_events, profiles
 from upm_profile.worker import GROUP, ProfileWorker
 
-BATCH = 1000
-PROCESSES = 3
-TASKS_PER_PROCESS = 2
+BATCH = int(os.environ.get("UPM_BENCH_PROFILE_BATCH", "1000"))
+PROCESSES = int(os.environ.get("UPM_BENCH_PROFILE_PROCESSES", "2"))
+TASKS_PER_PROCESS = int(os.environ.get("UPM_BENCH_PROFILE_WORKERS", "2"))
+# Events waiting in the log at most while the feeder appends (the streaming load).
+BACKLOG = int(os.environ.get("UPM_BENCH_PROFILE_BACKLOG", "10000"))
+FEED_CHUNK = 2_000
+LATENCY_PROCESSES = 2
+LATENCY_BATCH = 500
+# Opt-in (UPM_BENCH_PROFILE_PROPOSED_INDEXES=1): indexes proposed for the schema but not in its
+# migrations yet, created on the bench databases and listed in the output. Without an index on
+# eventlog_deliveries(entry_id), every entry an ack deletes makes PostgreSQL scan the whole
+# deliveries table for its ON DELETE CASCADE foreign key.
+PROPOSED_INDEXES = ("CREATE INDEX ix_eventlog_deliveries_entry ON eventlog_deliveries (entry_id)",)
+USE_PROPOSED_INDEXES = os.environ.get("UPM_BENCH_PROFILE_PROPOSED_INDEXES", "") == "1"
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -90,7 +108,9 @@ def generate(count: int, seed: int = 1) -> list[event_pb2.Event]:
             event.event = "Order Completed"
             revenue = round(rng.uniform(5, 200), 2)
             products = struct_pb2.ListValue()
-            products.append({"sku": f"sku-{rng.randrange(100)}", "price": revenue, "quantity": 1})
+            product = struct_pb2.Struct()
+            product.update({"sku": f"sku-{rng.randrange(100)}", "price": revenue, "quantity": 1})
+            products.append(product)
             event.properties.update({"order_id": f"o-{index}", "revenue": revenue})
             event.properties.fields["products"].list_value.CopyFrom(products)
         event.event_time.FromDatetime(START + timedelta(seconds=index))
@@ -112,6 +132,20 @@ async def _create_database() -> tuple[str, str]:
     return name, server.replace("postgresql://", "postgresql+asyncpg://") + f"/{name}"
 
 
+async def _migrate(url: str) -> None:
+    import asyncpg
+
+    await upgrade(url, "eventlog")
+    await upgrade(url, "profile")
+    if USE_PROPOSED_INDEXES:
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            for statement in PROPOSED_INDEXES:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+
 async def _drop_database(name: str) -> None:
     import asyncpg
 
@@ -122,62 +156,165 @@ async def _drop_database(name: str) -> None:
         await conn.close()
 
 
-async def _apply_share(url: str, batches: Sequence[Sequence[bytes]], tasks: int) -> dict[str, Any]:
-    """One process: `tasks` concurrent workers (own connection each) applying `batches`."""
-    blocklist = BlockList()
-    stores = []
-    for _ in range(tasks):
+async def _feed_log(url: str, payloads: Sequence[bytes], keys: Sequence[str], done: Any) -> float:
+    """Append every event to the SQL event log as ingest does, keeping at most BACKLOG events
+    waiting (a streaming load, not one huge backlog); sets `done` after the last append.
+    Returns the seconds spent appending."""
+    engine = create_engine(url)
+    log = SqlEventLog(engine)
+    spent = 0.0
+    try:
+        for offset in range(0, len(payloads), FEED_CHUNK):
+            while offset >= BACKLOG:
+                if await log.pending(EVENTS, GROUP) <= BACKLOG - FEED_CHUNK:
+                    break
+                await asyncio.sleep(0.02)
+            started = time.perf_counter()
+            await log.append(
+                EVENTS,
+                [
+                    LogRecord(key=k, payload=p)
+                    for k, p in zip(
+                        keys[offset : offset + FEED_CHUNK],
+                        payloads[offset : offset + FEED_CHUNK],
+                        strict=True,
+                    )
+                ],
+            )
+            spent += time.perf_counter() - started
+    finally:
+        done.set()
+        await engine.dispose()
+    return spent
+
+
+class _TimedLog(SqlEventLog):
+    """The SQL event log, timing the claims and acknowledgements of the workers."""
+
+    claim_seconds = 0.0
+    ack_seconds = 0.0
+
+    async def claim(
+        self, topic: str, group: str, consumer: str, max_count: int, **kwargs: Any
+    ) -> list[Delivery]:
+        started = time.perf_counter()
+        try:
+            return await super().claim(topic, group, consumer, max_count, **kwargs)
+        finally:
+            _TimedLog.claim_seconds += time.perf_counter() - started
+
+    async def ack(self, topic: str, group: str, ids: Sequence[str]) -> None:
+        started = time.perf_counter()
+        try:
+            await super().ack(topic, group, ids)
+        finally:
+            _TimedLog.ack_seconds += time.perf_counter() - started
+
+
+async def _drain_share(url: str, tasks: int, batch: int, done: Any) -> dict[str, Any]:
+    """One process: `tasks` ProfileWorkers (own engine each) claiming, applying and
+    acknowledging until the feed is done and the log holds nothing unclaimed."""
+    workers = []
+    for index in range(tasks):
         engine = create_engine(url)
-        stores.append(
-            SqlProfileStore(engine, SqlLogPublisher(SqlEventLog(engine)), blocklist=blocklist)
-        )
-    queue: asyncio.Queue[Sequence[bytes]] = asyncio.Queue()
-    for batch in batches:
-        queue.put_nowait(batch)
-    applied = 0
-
-    async def worker(store: SqlProfileStore) -> None:
-        nonlocal applied
-        while not queue.empty():
-            raw = queue.get_nowait()
-            effects = [effects_of_event(event_pb2.Event.FromString(p), blocklist) for p in raw]
-            result = await store.apply(effects)
-            applied += result.applied
-
-    started = time.time()
-    await asyncio.gather(*(worker(s) for s in stores))
-    finished = time.time()
-    for store in stores:
-        await store.engine.dispose()
-    return {"applied": applied, "started": started, "finished": finished}
-
-
-def _process_main(url: str, batches: list[list[bytes]], tasks: int) -> dict[str, Any]:
-    return asyncio.run(_apply_share(url, batches, tasks))
-
-
-async def _apply_throughput(url: str, payloads: Sequence[bytes]) -> dict[str, Any]:
-    batches = [list(payloads[i : i + BATCH]) for i in range(0, len(payloads), BATCH)]
-    shares = [batches[i::PROCESSES] for i in range(PROCESSES)]
-    loop = asyncio.get_running_loop()
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=PROCESSES, mp_context=context) as pool:
-        parts = await asyncio.gather(
-            *(
-                loop.run_in_executor(pool, _process_main, url, share, TASKS_PER_PROCESS)
-                for share in shares
+        store = SqlProfileStore(engine, SqlLogPublisher(SqlEventLog(engine)))
+        workers.append(
+            ProfileWorker(
+                store,
+                _TimedLog(engine),
+                blocklist=store.blocklist,
+                consumer=f"bench-{os.getpid()}-{index}",
+                batch_size=batch,
             )
         )
+    handled = 0
+
+    async def drain(worker: ProfileWorker) -> None:
+        nonlocal handled
+        while True:
+            count = await worker.run_once()
+            handled += count
+            if not count:
+                if done.is_set() and not await worker.run_once():
+                    return
+                await asyncio.sleep(0.005)
+
+    started = time.time()
+    cpu = time.process_time()
+    await asyncio.gather(*(drain(w) for w in workers))
+    finished = time.time()
+    cpu = time.process_time() - cpu
+    for worker in workers:
+        await worker.store.engine.dispose()
+    return {
+        "handled": handled,
+        "started": started,
+        "finished": finished,
+        "cpu": cpu,
+        "claim": _TimedLog.claim_seconds,
+        "ack": _TimedLog.ack_seconds,
+    }
+
+
+def _process_main(url: str, tasks: int, batch: int, done: Any) -> dict[str, Any]:
+    return asyncio.run(_drain_share(url, tasks, batch, done))
+
+
+async def _apply_throughput(
+    url: str, payloads: Sequence[bytes], keys: Sequence[str], processes: int, tasks: int
+) -> dict[str, Any]:
+    engine = create_engine(url)
+    await SqlEventLog(engine).ensure_group(EVENTS, GROUP)
+    await engine.dispose()
+    loop = asyncio.get_running_loop()
+    context = multiprocessing.get_context("spawn")
+    with (
+        context.Manager() as manager,
+        ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool,
+    ):
+        done = manager.Event()
+        # Start the interpreters first so that start-up is not timed.
+        await asyncio.gather(*(loop.run_in_executor(pool, _warm) for _ in range(processes)))
+        feeding = asyncio.create_task(_feed_log(url, payloads, keys, done))
+        parts = await asyncio.gather(
+            *(
+                loop.run_in_executor(pool, _process_main, url, tasks, BATCH, done)
+                for _ in range(processes)
+            )
+        )
+        append_seconds = await feeding
     seconds = max(p["finished"] for p in parts) - min(p["started"] for p in parts)
-    applied = sum(p["applied"] for p in parts)
+    engine = create_engine(url)
+    try:
+        log = SqlEventLog(engine)
+        pending = await log.pending(EVENTS, GROUP)
+        async with engine.connect() as conn:
+            applied = await conn.scalar(select(func.count()).select_from(applied_events))
+            live = await conn.scalar(
+                select(func.count()).select_from(profiles).where(profiles.c.merged_into.is_(None))
+            )
+    finally:
+        await engine.dispose()
     return {
         "events": len(payloads),
-        "applied": applied,
-        "processes": PROCESSES,
-        "tasks_per_process": TASKS_PER_PROCESS,
+        "applied": int(applied or 0),
+        "pending_after": pending,
+        "live_profiles": int(live or 0),
+        "processes": processes,
+        "workers_per_process": tasks,
         "seconds": round(seconds, 3),
         "events_per_second": round(len(payloads) / seconds),
+        "worker_cpu_seconds": round(sum(p["cpu"] for p in parts), 2),
+        # Summed over workers: time spent in claim and in ack (the rest is decode + apply).
+        "worker_claim_seconds": round(sum(p["claim"] for p in parts), 2),
+        "worker_ack_seconds": round(sum(p["ack"] for p in parts), 2),
+        "backlog_limit": BACKLOG,
+        "log_append_seconds": round(append_seconds, 2),
     }
+
+
+def _warm() -> None:
+    """Imports the worker modules in a pool process."""
 
 
 async def _raw_copy(url: str, events: Sequence[event_pb2.Event]) -> dict[str, Any]:
@@ -215,84 +352,130 @@ async def _raw_copy(url: str, events: Sequence[event_pb2.Event]) -> dict[str, An
     }
 
 
+async def _latency_share(url: str, batch: int, done: Any) -> dict[str, float]:
+    """One worker process of the latency measure: when each event became readable (wall clock,
+    comparable across processes), by message id."""
+    engine = create_engine(url)
+    store = SqlProfileStore(engine, SqlLogPublisher(SqlEventLog(engine)))
+    committed: dict[str, float] = {}
+
+    def on_commit(changes: Sequence[pb.ProfileChange]) -> None:
+        now = time.time()
+        for change in changes:
+            if change.type == pb.PROFILE_CHANGE_TYPE_EVENT_APPLIED:
+                committed[change.event_id] = now
+
+    store.listeners.append(on_commit)
+    worker = ProfileWorker(
+        store,
+        SqlEventLog(engine),
+        blocklist=BlockList(),
+        consumer=f"lat-{os.getpid()}",
+        batch_size=batch,
+    )
+    try:
+        while True:
+            if not await worker.run_once(block_seconds=0.05):
+                if done.is_set() and not await worker.run_once():
+                    break
+                await asyncio.sleep(0.002)
+    finally:
+        await engine.dispose()
+    return committed
+
+
+def _latency_main(url: str, batch: int, done: Any) -> dict[str, float]:
+    return asyncio.run(_latency_share(url, batch, done))
+
+
 async def _latency(url: str, events: Sequence[event_pb2.Event], rate: int) -> dict[str, Any]:
-    """Append at `rate` events/s through the event log; measure append-acked -> committed."""
+    """Append at `rate` events/s through the event log while LATENCY_PROCESSES worker processes
+    consume it; measure append acknowledged -> apply committed."""
     engine = create_engine(url)
     log = SqlEventLog(engine)
     await log.ensure_group(EVENTS, GROUP)
     appended: dict[str, float] = {}
-    latencies: list[float] = []
-
-    def on_commit(changes: Sequence[pb.ProfileChange]) -> None:
-        now = time.perf_counter()
-        for change in changes:
-            if change.type == pb.PROFILE_CHANGE_TYPE_EVENT_APPLIED:
-                sent = appended.pop(change.event_id, None)
-                if sent is not None:
-                    latencies.append(now - sent)
-
-    workers = []
-    for index in range(2):
-        worker_engine = create_engine(url)
-        store = SqlProfileStore(worker_engine, SqlLogPublisher(SqlEventLog(worker_engine)))
-        store.listeners.append(on_commit)
-        workers.append(
-            ProfileWorker(
-                store, log, blocklist=BlockList(), consumer=f"lat-{index}", batch_size=500
-            )
-        )
-    stop = asyncio.Event()
-
-    async def consume(worker: ProfileWorker) -> None:
-        while not stop.is_set():
-            if not await worker.run_once(block_seconds=0.05):
-                await asyncio.sleep(0.005)
-
-    tasks = [asyncio.create_task(consume(w)) for w in workers]
-    chunk = max(1, rate // 50)
-    started = time.perf_counter()
-    for offset in range(0, len(events), chunk):
-        part = events[offset : offset + chunk]
-        await log.append(
-            EVENTS,
-            [
-                LogRecord(key=e.anonymous_id or e.user_id, payload=e.SerializeToString())
-                for e in part
-            ],
-        )
-        acked = time.perf_counter()
-        for e in part:
-            appended[e.message_id] = acked
-        delay = started + (offset + chunk) / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-    deadline = time.perf_counter() + 60
-    while appended and time.perf_counter() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.05)
-    stop.set()
-    await asyncio.gather(*tasks)
-    for w in workers:
-        await w.store.engine.dispose()
+    loop = asyncio.get_running_loop()
+    context = multiprocessing.get_context("spawn")
+    with (
+        context.Manager() as manager,
+        ProcessPoolExecutor(max_workers=LATENCY_PROCESSES, mp_context=context) as pool,
+    ):
+        done = manager.Event()
+        await asyncio.gather(*(loop.run_in_executor(pool, _warm) for _ in range(LATENCY_PROCESSES)))
+        workers = [
+            loop.run_in_executor(pool, _latency_main, url, LATENCY_BATCH, done)
+            for _ in range(LATENCY_PROCESSES)
+        ]
+        await asyncio.sleep(1.0)  # the workers are polling
+        chunk = max(1, rate // 50)
+        started = time.perf_counter()
+        try:
+            for offset in range(0, len(events), chunk):
+                part = events[offset : offset + chunk]
+                await log.append(
+                    EVENTS,
+                    [
+                        LogRecord(key=e.anonymous_id or e.user_id, payload=e.SerializeToString())
+                        for e in part
+                    ],
+                )
+                acked = time.time()
+                for e in part:
+                    appended[e.message_id] = acked
+                delay = started + (offset + chunk) / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            offered = len(events) / (time.perf_counter() - started)
+        finally:
+            done.set()
+        parts = await asyncio.gather(*workers)
     await engine.dispose()
-    latencies.sort()
+    committed: dict[str, float] = {}
+    for share in parts:
+        committed.update(share)
+    latencies = sorted(committed[m] - t for m, t in appended.items() if m in committed)
 
-    def pct(q: float) -> float:
+    def pct(q: float) -> float | None:
+        if not latencies:
+            return None
         return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 1)
 
     return {
         "rate_per_second": rate,
+        "offered_per_second": round(offered),
         "events": len(events),
         "measured": len(latencies),
-        "p50_ms": pct(0.5) if latencies else None,
-        "p99_ms": pct(0.99) if latencies else None,
-        "max_ms": pct(1.0) if latencies else None,
+        "worker_processes": LATENCY_PROCESSES,
+        "worker_batch_size": LATENCY_BATCH,
+        "p50_ms": pct(0.5),
+        "p99_ms": pct(0.99),
+        "max_ms": pct(1.0),
+    }
+
+
+async def _one_run(events: Sequence[event_pb2.Event], processes: int, tasks: int) -> dict[str, Any]:
+    """Apply through the workers, then COPY the same rows, on one fresh database."""
+    payloads = [e.SerializeToString() for e in events]
+    keys = [e.anonymous_id or e.user_id for e in events]
+    name, url = await _create_database()
+    try:
+        await _migrate(url)
+        apply = await _apply_throughput(url, payloads, keys, processes, tasks)
+        copy = await _raw_copy(url, events)
+    finally:
+        await _drop_database(name)
+    return {
+        "apply": apply,
+        "raw_copy": copy,
+        "apply_vs_copy": round(apply["events_per_second"] / copy["rows_per_second"], 4),
     }
 
 
 async def run(smoke: bool) -> dict[str, Any]:
-    count = 2_000 if smoke else 100_000
+    count = 3_000 if smoke else 100_000
+    repeats = 1 if smoke else 3
     events = generate(count)
-    payloads = [e.SerializeToString() for e in events]
     result: dict[str, Any] = {
         "mix": {
             "anonymous_pages": 0.6,
@@ -302,25 +485,21 @@ async def run(smoke: bool) -> dict[str, Any]:
         },
         "batch_size": BATCH,
         "targets": {"events_per_second": 20_000, "p99_ms_at_5000_per_second": 500},
+        "proposed_indexes": list(PROPOSED_INDEXES) if USE_PROPOSED_INDEXES else [],
     }
-    name, url = await _create_database()
-    try:
-        await upgrade(url, "eventlog")
-        await upgrade(url, "profile")
-        result["apply"] = await _apply_throughput(url, payloads)
-        result["raw_copy"] = await _raw_copy(url, events)
-        result["apply_vs_copy"] = round(
-            result["apply"]["events_per_second"] / result["raw_copy"]["rows_per_second"], 4
-        )
-    finally:
-        await _drop_database(name)
+    runs = [await _one_run(events, PROCESSES, TASKS_PER_PROCESS) for _ in range(repeats)]
+    runs.sort(key=lambda r: r["apply"]["events_per_second"])
+    median = runs[len(runs) // 2]
+    result["apply"] = median["apply"]
+    result["raw_copy"] = median["raw_copy"]
+    result["apply_vs_copy"] = median["apply_vs_copy"]
+    result["runs_events_per_second"] = [r["apply"]["events_per_second"] for r in runs]
     # The issue's latency target is at 5,000 events/s; a sustainable rate is measured beside it.
     result["latency"] = []
-    for rate in (200,) if smoke else (1_000, 5_000):
+    for rate in (500,) if smoke else (1_000, 5_000):
         name, url = await _create_database()
         try:
-            await upgrade(url, "eventlog")
-            await upgrade(url, "profile")
+            await _migrate(url)
             seconds = 2 if smoke else 10
             result["latency"].append(await _latency(url, generate(rate * seconds, seed=2), rate))
         finally:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, insert, literal, or_, select, update
+from sqlalchemy import and_, delete, exists, func, insert, literal, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from upm_common.eventlog.base import (
@@ -30,6 +31,15 @@ _POLL_MAX_SECONDS = 0.5
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+async def _driver(conn: AsyncConnection) -> Any:
+    """The asyncpg connection under `conn`, inside the transaction of `conn`."""
+    raw = await conn.get_raw_connection()
+    if getattr(raw.dbapi_connection, "_transaction", True) is None:
+        # SQLAlchemy's asyncpg adapter begins its transaction on the first statement it runs.
+        await conn.execute(text("SELECT 1"))
+    return raw.driver_connection
 
 
 class SqlEventLog:
@@ -53,6 +63,23 @@ class SqlEventLog:
         if not records:
             return []
         now = _now()
+        if self._skip_locked:
+            # PostgreSQL: the entries and their fan-out to every group in one statement.
+            driver = await _driver(conn)
+            rows = await driver.fetch(
+                "WITH e AS (INSERT INTO eventlog_entries (topic, key, payload, appended_time)"
+                " SELECT $1, r.k, r.p, $4 FROM unnest($2::text[], $3::bytea[])"
+                " WITH ORDINALITY AS r(k, p, o) ORDER BY r.o RETURNING id),"
+                " d AS (INSERT INTO eventlog_deliveries (topic, group_name, entry_id, attempts)"
+                " SELECT $1, g.group_name, e.id, 0 FROM e"
+                " JOIN eventlog_groups AS g ON g.topic = $1)"
+                " SELECT id FROM e ORDER BY id",
+                topic,
+                [r.key for r in records],
+                [r.payload for r in records],
+                now,
+            )
+            return [str(row[0]) for row in rows]
         result = await conn.execute(
             insert(entries).returning(entries.c.id, sort_by_parameter_order=True),
             [
@@ -119,6 +146,10 @@ class SqlEventLog:
         self, topic: str, group: str, consumer: str, max_count: int, lease_seconds: float
     ) -> list[Delivery]:
         now = _now()
+        if self._skip_locked:
+            return await self._claim_once_pg(
+                topic, group, consumer, max_count, lease_seconds=lease_seconds, now=now
+            )
         async with self._engine.begin() as conn:
             candidates = (
                 select(deliveries.c.entry_id, deliveries.c.attempts)
@@ -164,6 +195,47 @@ class SqlEventLog:
                 for row in payloads
             ]
 
+    async def _claim_once_pg(
+        self,
+        topic: str,
+        group: str,
+        consumer: str,
+        max_count: int,
+        *,
+        lease_seconds: float,
+        now: datetime,
+    ) -> list[Delivery]:
+        """PostgreSQL: pick, lease and read the payloads in one statement (SKIP LOCKED)."""
+        async with self._engine.begin() as conn:
+            driver = await _driver(conn)
+            rows = await driver.fetch(
+                "WITH c AS (SELECT entry_id, attempts FROM eventlog_deliveries"
+                " WHERE topic = $1 AND group_name = $2"
+                " AND (lease_until IS NULL OR lease_until < $3)"
+                " ORDER BY entry_id LIMIT $4 FOR UPDATE SKIP LOCKED),"
+                " u AS (UPDATE eventlog_deliveries SET consumer = $5, lease_until = $6,"
+                " attempts = attempts + 1 WHERE topic = $1 AND group_name = $2"
+                " AND entry_id = ANY(ARRAY(SELECT entry_id FROM c WHERE attempts < $7)))"
+                " SELECT c.entry_id, c.attempts, e.key, e.payload FROM c"
+                " JOIN eventlog_entries AS e ON e.id = c.entry_id"
+                " WHERE e.id = ANY(ARRAY(SELECT entry_id FROM c)) ORDER BY c.entry_id",
+                topic,
+                group,
+                now,
+                max_count,
+                consumer,
+                now + timedelta(seconds=lease_seconds),
+                self._max_attempts,
+            )
+            exhausted = [r[0] for r in rows if r[1] >= self._max_attempts]
+            if exhausted:
+                await self._dead_letter(conn, topic, group, exhausted)
+            return [
+                Delivery(id=str(entry_id), key=key, payload=payload, attempts=attempts + 1)
+                for entry_id, attempts, key, payload in rows
+                if attempts < self._max_attempts
+            ]
+
     async def _dead_letter(
         self, conn: AsyncConnection, topic: str, group: str, entry_ids: list[int]
     ) -> None:
@@ -183,6 +255,22 @@ class SqlEventLog:
         if not ids:
             return
         async with self._engine.begin() as conn:
+            if self._skip_locked:
+                # PostgreSQL: the deliveries and the entries no other group needs, at once.
+                driver = await _driver(conn)
+                await driver.execute(
+                    "WITH d AS (DELETE FROM eventlog_deliveries"
+                    " WHERE topic = $1 AND group_name = $2 AND entry_id = ANY($3::bigint[])"
+                    " RETURNING entry_id)"
+                    " DELETE FROM eventlog_entries AS e"
+                    " WHERE e.id = ANY(ARRAY(SELECT entry_id FROM d))"
+                    " AND NOT EXISTS (SELECT 1 FROM eventlog_deliveries AS o"
+                    " WHERE o.entry_id = e.id AND NOT (o.topic = $1 AND o.group_name = $2))",
+                    topic,
+                    group,
+                    [int(i) for i in ids],
+                )
+                return
             await self._remove(conn, topic, group, [int(i) for i in ids])
 
     async def _remove(

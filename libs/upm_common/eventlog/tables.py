@@ -56,4 +56,6 @@ deliveries = Table(
     Column("lease_until", UtcDateTime, nullable=True),
     Column("attempts", Integer, nullable=False, default=0),
     Index("ix_eventlog_deliveries_claim", "topic", "group_name", "lease_until", "entry_id"),
+    # Without it, deleting an acknowledged entry scans every delivery (the FK cascade check).
+    Index("ix_eventlog_deliveries_entry", "entry_id"),
 )

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import descriptor, json_format, struct_pb2
 
 from upm.common.v1 import event_pb2
 from upm_profile.identifiers import (
@@ -99,8 +99,44 @@ def public_event_id(storage_id: str) -> str:
 
 
 def _message(message: Any) -> dict[str, Any]:
+    fast = _plain_message(message)
+    if fast is not None:
+        return fast
     data: dict[str, Any] = json_format.MessageToDict(message)
     return data
+
+
+_STRING = descriptor.FieldDescriptor.TYPE_STRING
+_BOOL = descriptor.FieldDescriptor.TYPE_BOOL
+_MESSAGE = descriptor.FieldDescriptor.TYPE_MESSAGE
+
+
+def _plain_message(message: Any) -> dict[str, Any] | None:
+    """`json_format.MessageToDict` for messages of strings, booleans, string maps and nested
+    such messages (an event's context, on the hot path); None for anything else."""
+    out: dict[str, Any] = {}
+    for spec, value in message.ListFields():
+        if spec.is_repeated:
+            entry = spec.message_type
+            if (
+                entry is None
+                or not entry.GetOptions().map_entry
+                or entry.fields_by_name["value"].type != _STRING
+            ):
+                return None
+            out[spec.json_name] = dict(value)
+        elif spec.type in {_STRING, _BOOL}:
+            out[spec.json_name] = value
+        elif spec.type == _MESSAGE and not spec.message_type.full_name.startswith(
+            "google.protobuf."
+        ):
+            nested = _plain_message(value)
+            if nested is None:
+                return None
+            out[spec.json_name] = nested
+        else:
+            return None
+    return out
 
 
 def _struct(message: struct_pb2.Struct) -> dict[str, Any]:
@@ -123,22 +159,33 @@ def _plain(value: struct_pb2.Value) -> Any:
     return None
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _datetime(stamp: Any) -> datetime:
+    """`Timestamp.ToDatetime(tzinfo=UTC)` without its per-call overhead."""
+    return _EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
+
+
 def _time(event: event_pb2.Event) -> datetime:
     for name in ("event_time", "original_time", "received_time"):
         if event.HasField(name):
-            return getattr(event, name).ToDatetime(tzinfo=UTC)  # type: ignore[no-any-return]
-    return datetime(1970, 1, 1, tzinfo=UTC)
+            return _datetime(getattr(event, name))
+    return _EPOCH
 
 
 def effects_of_event(
-    event: event_pb2.Event, blocklist: BlockList, *, default_region: str | None = None
+    event: event_pb2.Event,
+    blocklist: BlockList,
+    *,
+    default_region: str | None = None,
+    payload: bytes | None = None,
 ) -> EventEffects:
-    """The effects of an event from the log (payload kept for replay)."""
+    """The effects of an event from the log (payload kept for replay: `payload` when given, the
+    serialized event it was parsed from, else the event serialized again)."""
     kind = EVENT_TYPE_NAMES.get(event.type, "track")
     time = _time(event)
-    received = (
-        event.received_time.ToDatetime(tzinfo=UTC) if event.HasField("received_time") else time
-    )
+    received = _datetime(event.received_time) if event.HasField("received_time") else time
     source = event.source_id or "unknown"
     event_id = event_storage_id(event)
     traits = _struct(event.traits) if event.HasField("traits") else {}
@@ -214,7 +261,7 @@ def effects_of_event(
         source=source,
         time=time,
         received_time=received,
-        payload=event.SerializeToString(),
+        payload=event.SerializeToString() if payload is None else payload,
         type=kind,
         name=name,
         properties=traits if kind == "identify" else properties,

@@ -155,6 +155,14 @@ class Resolver:
         """The profile the event applies to, recording merges, attachments, edges, conflicts."""
         if effects.profile_id is not None:
             return self.find(effects.profile_id)
+        if len(effects.identifiers) == 1 and effects.identifiers[0] in self.owner:
+            # Fast path (most events): one identifier, already held. Same decision as below:
+            # its profile is the target when it is a user_id or the profile fits the guards;
+            # nothing to attach, merge or link.
+            key = effects.identifiers[0]
+            held = self.find(self.owner[key])
+            if key.type == "user_id" or self._fits(held, [], 0) is None:
+                return held
         keys = sorted(effects.identifiers, key=IdentifierKey.sort_key)
         owned = {k: self.find(self.owner[k]) for k in keys if k in self.owner}
         owners: list[str] = []

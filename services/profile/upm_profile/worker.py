@@ -78,7 +78,12 @@ class ProfileWorker:
                 log.warning("profile_event_undecodable", delivery_id=delivery.id)
                 EVENTS_APPLIED.labels("undecodable").inc()
                 continue
-            effects = effects_of_event(event, self.blocklist, default_region=self.default_region)
+            effects = effects_of_event(
+                event,
+                self.blocklist,
+                default_region=self.default_region,
+                payload=delivery.payload,
+            )
             batch.append((delivery.id, effects))
         done = [d.id for d in deliveries]
         with BATCH_SECONDS.time():

@@ -22,12 +22,12 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
+import asyncpg
 import orjson
 import structlog
 from sqlalchemy import (
     JSON,
     Table,
-    Text,
     and_,
     bindparam,
     case,
@@ -90,6 +90,24 @@ _TX_CHANGES: contextvars.ContextVar[list[pb.ProfileChange] | None] = contextvars
 _RETRY_SQLSTATES = {"40P01", "40001", "23505"}
 _CHUNK = 1000
 _FAR = 1 << 30
+
+
+_Loaded = tuple[
+    list[EventEffects],
+    list[EventEffects],
+    int,
+    dict[IdentifierKey, str],
+    dict[str, dict[str, set[str]]],
+    dict[str, int],
+    bool,
+]
+"""What `_load` gives the resolver: events to apply, suppressed events, duplicates, owners,
+limited identifiers and identifier counts per profile, whether any edge was ever revoked."""
+
+
+def _json(value: Any) -> str:
+    """JSON for a jsonb parameter (naive datetimes are UTC)."""
+    return orjson.dumps(value, option=orjson.OPT_NAIVE_UTC).decode()
 
 
 def _now() -> datetime:
@@ -166,6 +184,12 @@ class SqlProfileStore:
                     raise
                 log.info("profile_tx_retry", attempt=attempt, error=type(exc.orig).__name__)
                 await asyncio.sleep(0.005 * attempt)
+            except asyncpg.PostgresError as exc:
+                # Raised by the statements sent straight to asyncpg on the hot path.
+                if attempt == self.max_attempts or exc.sqlstate not in _RETRY_SQLSTATES:
+                    raise
+                log.info("profile_tx_retry", attempt=attempt, error=type(exc).__name__)
+                await asyncio.sleep(0.005 * attempt)
             finally:
                 _TX_CHANGES.reset(token)
         raise AbortedError("too many conflicts; retry")
@@ -182,22 +206,39 @@ class SqlProfileStore:
                 await conn.execute(insert(table), list(chunk))
             return
         columns = list(rows[0])
-        json_columns = {c for c in columns if isinstance(table.c[c].type, JSON)}
-        records = [
-            tuple(orjson.dumps(row[c]).decode() if c in json_columns else row[c] for c in columns)
-            for row in rows
-        ]
+        json_columns = [c for c in columns if isinstance(table.c[c].type, JSON)]
+        if json_columns:
+            dumps = orjson.dumps
+            for row in rows:
+                for c in json_columns:
+                    row[c] = dumps(row[c]).decode()
+        records = [tuple(row.values()) for row in rows]
         raw = await conn.get_raw_connection()
         driver: Any = raw.driver_connection
         await driver.copy_records_to_table(table.name, records=records, columns=columns)
+
+    async def _driver(self, conn: AsyncConnection) -> Any:
+        """The asyncpg connection under `conn`, inside the transaction of `conn` (PostgreSQL
+        only): the hot path sends its statements straight to it, one array statement per table
+        (asyncpg prepares and caches each statement once per connection)."""
+        raw = await conn.get_raw_connection()
+        adapted: Any = raw.dbapi_connection
+        if getattr(adapted, "_transaction", True) is None:
+            # The adapter begins its transaction lazily, on the first statement it runs.
+            await conn.execute(text("SELECT 1"))
+        return raw.driver_connection
 
     async def _lock_identifiers(self, conn: AsyncConnection, keys: Iterable[IdentifierKey]) -> None:
         if not self.is_postgres:
             return
         lock_ids = sorted({k.lock_id() for k in keys})
         if lock_ids:
+            # One statement takes every lock of the batch, in sorted order (no lock cycles).
             await conn.execute(
-                text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k"),
+                text(
+                    "SELECT pg_advisory_xact_lock(k)"
+                    " FROM unnest(CAST(:keys AS bigint[])) AS k ORDER BY k"
+                ),
                 {"keys": lock_ids},
             )
 
@@ -205,6 +246,13 @@ class SqlProfileStore:
         if not self.is_postgres:
             return
         ids = sorted(set(profile_ids))
+        if ids:
+            driver = await self._driver(conn)
+            await driver.execute(
+                "SELECT id FROM profile_profiles WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
+                ids,
+            )
+            return
         for chunk in _chunks(ids):
             await conn.execute(
                 select(profiles.c.id)
@@ -218,16 +266,16 @@ class SqlProfileStore:
     ) -> dict[IdentifierKey, str]:
         found: dict[IdentifierKey, str] = {}
         if self.is_postgres and keys:
-            rows = await conn.execute(
-                text(
-                    "SELECT i.type, i.value, i.profile_id FROM profile_identifiers AS i"
-                    " JOIN unnest(CAST(:types AS text[]), CAST(:values AS text[]))"
-                    " AS k(type, value) ON i.type = k.type AND i.value = k.value"
-                ),
-                {"types": [k.type for k in keys], "values": [k.value for k in keys]},
+            driver = await self._driver(conn)
+            rows = await driver.fetch(
+                "SELECT i.type, i.value, i.profile_id FROM profile_identifiers AS i"
+                " JOIN unnest($1::text[], $2::text[]) AS k(type, value)"
+                " ON i.type = k.type AND i.value = k.value",
+                [k.type for k in keys],
+                [k.value for k in keys],
             )
-            for row in rows:
-                found[IdentifierKey(row.type, row.value)] = row.profile_id
+            for type_, value, pid in rows:
+                found[IdentifierKey(type_, value)] = pid
             return found
         for chunk in _chunks(list(keys), 500):
             rows = await conn.execute(
@@ -296,81 +344,14 @@ class SqlProfileStore:
     ) -> ApplyResult:
         keys = sorted({k for e in items for k in e.identifiers})
         await self._lock_identifiers(conn, keys)
-        suppressed_hashes: set[str] = set()
-        if keys:
-            by_hash = {k.suppression_hash(): k for k in keys}
-            for chunk in _chunks(list(by_hash)):
-                rows = await conn.execute(
-                    select(suppressions.c.identifier_hash).where(
-                        suppressions.c.identifier_hash.in_(chunk)
-                    )
-                )
-                suppressed_hashes.update(r[0] for r in rows)
-        suppressed = [
-            e
-            for e in items
-            if any(k.suppression_hash() in suppressed_hashes for k in e.identifiers)
-        ]
-        if suppressed:
-            items = [e for e in items if e not in suppressed]
-        already: set[str] = set()
-        for chunk in _chunks([e.id for e in items]):
-            rows = await conn.execute(
-                select(applied_events.c.id).where(applied_events.c.id.in_(chunk))
-            )
-            already.update(r[0] for r in rows)
-        items = [e for e in items if e.id not in already]
-        duplicates = duplicates_in_batch + len(already)
-        if not items:
-            return ApplyResult(0, duplicates, len(suppressed), 0, {})
-
-        explicit = {e.profile_id for e in items if e.profile_id is not None}
-        live = await self._live_ids(conn, explicit) if explicit else {}
-        for e in items:
-            if e.profile_id is not None:
-                if e.profile_id not in live:
-                    raise NotFoundError(
-                        f"profile {e.profile_id} not found",
-                        resource_type="profile",
-                        resource_name=e.profile_id,
-                    )
-                e.profile_id = live[e.profile_id]
-        owners = await self._owners(conn, keys)
-        locked: set[str] = set()
-        for _ in range(10):
-            wanted = set(owners.values()) | {e.profile_id for e in items if e.profile_id}
-            if wanted <= locked:
-                break
-            await self._lock_profiles(conn, wanted - locked)
-            locked |= wanted
-            owners = await self._owners(conn, keys)
-        involved = sorted(set(owners.values()) | {e.profile_id for e in items if e.profile_id})
-        limited: dict[str, dict[str, set[str]]] = {}
-        counts: dict[str, int] = {}
-        limited_types = list(self.guards.type_limits)
-        for chunk in _chunks(involved):
-            rows = await conn.execute(
-                select(identifiers.c.profile_id, identifiers.c.type, identifiers.c.value).where(
-                    identifiers.c.profile_id.in_(chunk), identifiers.c.type.in_(limited_types)
-                )
-            )
-            for row in rows:
-                limited.setdefault(row.profile_id, {}).setdefault(row.type, set()).add(row.value)
-            rows = await conn.execute(
-                select(identifiers.c.profile_id, func.count())
-                .where(identifiers.c.profile_id.in_(chunk))
-                .group_by(identifiers.c.profile_id)
-            )
-            for pid, count in rows:
-                counts[pid] = int(count)
-
-        any_revoked = (
-            await conn.execute(
-                select(identity_edges.c.a_type)
-                .where(identity_edges.c.revoked_time.is_not(None))
-                .limit(1)
-            )
-        ).first() is not None
+        if self.is_postgres:
+            loaded = await self._load_pg(conn, items, keys, duplicates_in_batch)
+        else:
+            loaded = await self._load(conn, items, keys, duplicates_in_batch)
+        if isinstance(loaded, ApplyResult):
+            return loaded
+        items, suppressed, duplicates, owners, limited, counts, any_revoked = loaded
+        driver: Any = await self._driver(conn) if self.is_postgres else None
 
         async def unmerged(a: set[str], b: set[str]) -> bool:
             return any_revoked and await self._unmerged_between(conn, a, b)
@@ -381,7 +362,14 @@ class SqlProfileStore:
             targets.append(await resolver.resolve(e))
         now = _now()
         changes: list[pb.ProfileChange] = []
-        if resolver.new_profiles:
+        if resolver.new_profiles and self.is_postgres:
+            await driver.execute(
+                "INSERT INTO profile_profiles (id, created_time, updated_time)"
+                " SELECT p, $2, $2 FROM unnest($1::text[]) AS p",
+                resolver.new_profiles,
+                now,
+            )
+        elif resolver.new_profiles:
             await conn.execute(
                 insert(profiles),
                 [
@@ -393,7 +381,16 @@ class SqlProfileStore:
         merged_by_winner: dict[str, list[str]] = defaultdict(list)
         for op in resolver.merges:
             merged_by_winner[resolver.find(op.winner)].append(op.loser)
-        if resolver.attachments:
+        if resolver.attachments and self.is_postgres:
+            await driver.execute(
+                "INSERT INTO profile_identifiers (type, value, profile_id, created_time)"
+                " SELECT t, v, p, $4 FROM unnest($1::text[], $2::text[], $3::text[]) AS a(t, v, p)",
+                [k.type for k, _ in resolver.attachments],
+                [k.value for k, _ in resolver.attachments],
+                [resolver.find(p) for _, p in resolver.attachments],
+                now,
+            )
+        elif resolver.attachments:
             await conn.execute(
                 insert(identifiers),
                 [
@@ -461,11 +458,202 @@ class SqlProfileStore:
             conflicts=dict(conflict_counts),
         )
 
+    async def _load(
+        self,
+        conn: AsyncConnection,
+        items: list[EventEffects],
+        keys: list[IdentifierKey],
+        duplicates_in_batch: int,
+    ) -> ApplyResult | _Loaded:
+        """Under the identifiers' locks: drop suppressed and applied events, lock the profiles
+        holding the identifiers until their owners are stable, and load what the guards need."""
+        suppressed_keys: set[IdentifierKey] = set()
+        if keys:
+            by_hash = {k.suppression_hash(): k for k in keys}
+            for chunk in _chunks(list(by_hash)):
+                rows = await conn.execute(
+                    select(suppressions.c.identifier_hash).where(
+                        suppressions.c.identifier_hash.in_(chunk)
+                    )
+                )
+                suppressed_keys.update(by_hash[r[0]] for r in rows)
+        suppressed = [e for e in items if any(k in suppressed_keys for k in e.identifiers)]
+        if suppressed:
+            dropped_ids = {id(e) for e in suppressed}
+            items = [e for e in items if id(e) not in dropped_ids]
+        already: set[str] = set()
+        for chunk in _chunks([e.id for e in items]):
+            rows = await conn.execute(
+                select(applied_events.c.id).where(applied_events.c.id.in_(chunk))
+            )
+            already.update(r[0] for r in rows)
+        if already:
+            items = [e for e in items if e.id not in already]
+        duplicates = duplicates_in_batch + len(already)
+        if not items:
+            return ApplyResult(0, duplicates, len(suppressed), 0, {})
+        await self._resolve_explicit(conn, items)
+        owners = await self._owners(conn, keys)
+        locked: set[str] = set()
+        for _ in range(10):
+            wanted = set(owners.values()) | {e.profile_id for e in items if e.profile_id}
+            if wanted <= locked:
+                break
+            await self._lock_profiles(conn, wanted - locked)
+            locked |= wanted
+            owners = await self._owners(conn, keys)
+        involved = sorted(set(owners.values()) | {e.profile_id for e in items if e.profile_id})
+        limited: dict[str, dict[str, set[str]]] = {}
+        counts: dict[str, int] = {}
+        limited_types = list(self.guards.type_limits)
+        for chunk in _chunks(involved):
+            rows = await conn.execute(
+                select(identifiers.c.profile_id, identifiers.c.type, identifiers.c.value).where(
+                    identifiers.c.profile_id.in_(chunk), identifiers.c.type.in_(limited_types)
+                )
+            )
+            for row in rows:
+                limited.setdefault(row.profile_id, {}).setdefault(row.type, set()).add(row.value)
+            rows = await conn.execute(
+                select(identifiers.c.profile_id, func.count())
+                .where(identifiers.c.profile_id.in_(chunk))
+                .group_by(identifiers.c.profile_id)
+            )
+            for pid, count in rows:
+                counts[pid] = int(count)
+        any_revoked = (
+            await conn.execute(
+                select(identity_edges.c.a_type)
+                .where(identity_edges.c.revoked_time.is_not(None))
+                .limit(1)
+            )
+        ).first() is not None
+        return items, suppressed, duplicates, owners, limited, counts, any_revoked
+
+    async def _resolve_explicit(self, conn: AsyncConnection, items: list[EventEffects]) -> None:
+        """Point calls addressed by profile id at the live profile (NOT_FOUND if none)."""
+        explicit = {e.profile_id for e in items if e.profile_id is not None}
+        live = await self._live_ids(conn, explicit) if explicit else {}
+        for e in items:
+            if e.profile_id is not None:
+                if e.profile_id not in live:
+                    raise NotFoundError(
+                        f"profile {e.profile_id} not found",
+                        resource_type="profile",
+                        resource_name=e.profile_id,
+                    )
+                e.profile_id = live[e.profile_id]
+
+    async def _load_pg(
+        self,
+        conn: AsyncConnection,
+        items: list[EventEffects],
+        keys: list[IdentifierKey],
+        duplicates_in_batch: int,
+    ) -> ApplyResult | _Loaded:
+        """`_load` on PostgreSQL in three round trips: suppressions, applied events, owners and
+        revoked edges in one statement; the owners' profiles locked (sorted); the owners read
+        again with the guards' data (again while new owners appear)."""
+        driver = await self._driver(conn)
+        by_hash = {k.suppression_hash(): k for k in keys}
+        rows = await driver.fetch(
+            "SELECT 's', identifier_hash, NULL, NULL FROM profile_suppressions"
+            " WHERE identifier_hash = ANY($1::text[])"
+            " UNION ALL SELECT 'a', id, NULL, NULL FROM profile_applied_events"
+            " WHERE id = ANY($2::text[])"
+            " UNION ALL SELECT 'o', i.type, i.value, i.profile_id FROM profile_identifiers AS i"
+            " JOIN unnest($3::text[], $4::text[]) AS k(type, value)"
+            " ON i.type = k.type AND i.value = k.value"
+            " UNION ALL (SELECT 'r', NULL, NULL, NULL FROM profile_identity_edges"
+            " WHERE revoked_time IS NOT NULL LIMIT 1)",
+            list(by_hash),
+            [e.id for e in items],
+            [k.type for k in keys],
+            [k.value for k in keys],
+        )
+        suppressed_keys: set[IdentifierKey] = set()
+        applied: set[str] = set()
+        owners: dict[IdentifierKey, str] = {}
+        any_revoked = False
+        for kind, a, b, c in rows:
+            if kind == "o":
+                owners[IdentifierKey(a, b)] = c
+            elif kind == "a":
+                applied.add(a)
+            elif kind == "s":
+                suppressed_keys.add(by_hash[a])
+            else:
+                any_revoked = True
+        suppressed = [e for e in items if any(k in suppressed_keys for k in e.identifiers)]
+        if suppressed:
+            dropped_ids = {id(e) for e in suppressed}
+            items = [e for e in items if id(e) not in dropped_ids]
+        already = {e.id for e in items if e.id in applied}
+        if already:
+            items = [e for e in items if e.id not in already]
+        duplicates = duplicates_in_batch + len(already)
+        if not items:
+            return ApplyResult(0, duplicates, len(suppressed), 0, {})
+        await self._resolve_explicit(conn, items)
+        explicit = sorted({e.profile_id for e in items if e.profile_id})
+        limited: dict[str, dict[str, set[str]]] = {}
+        counts: dict[str, int] = {}
+        limited_types = list(self.guards.type_limits)
+        locked: set[str] = set()
+        for _ in range(10):
+            wanted = set(owners.values()) | set(explicit)
+            if wanted <= locked:
+                break
+            await self._lock_profiles(conn, wanted - locked)
+            locked |= wanted
+            owners, limited, counts = {}, {}, {}
+            for type_, value, pid, count, types, values in await driver.fetch(
+                "WITH o AS (SELECT i.type, i.value, i.profile_id FROM profile_identifiers AS i"
+                " JOIN unnest($1::text[], $2::text[]) AS k(type, value)"
+                " ON i.type = k.type AND i.value = k.value)"
+                " SELECT type, value, profile_id, NULL::int, NULL::text[], NULL::text[] FROM o"
+                " UNION ALL SELECT NULL, NULL, profile_id, count(*)::int,"
+                " array_agg(type) FILTER (WHERE type = ANY($4::text[])),"
+                " array_agg(value) FILTER (WHERE type = ANY($4::text[]))"
+                " FROM profile_identifiers WHERE profile_id IN"
+                " (SELECT profile_id FROM o UNION SELECT unnest($3::text[]))"
+                " GROUP BY profile_id",
+                [k.type for k in keys],
+                [k.value for k in keys],
+                explicit,
+                limited_types,
+            ):
+                if type_ is not None:
+                    owners[IdentifierKey(type_, value)] = pid
+                    continue
+                counts[pid] = count
+                for held_type, held_value in zip(types or (), values or (), strict=True):
+                    limited.setdefault(pid, {}).setdefault(held_type, set()).add(held_value)
+        return items, suppressed, duplicates, owners, limited, counts, any_revoked
+
     async def _insert_edges(self, conn: AsyncConnection, resolver: Resolver) -> None:
         unique: dict[tuple[IdentifierKey, IdentifierKey], Any] = {}
         for edge in resolver.edges:
             unique.setdefault((edge.a, edge.b), edge)
         if not unique:
+            return
+        if self.is_postgres:
+            driver = await self._driver(conn)
+            edges = list(unique.values())
+            await driver.execute(
+                "INSERT INTO profile_identity_edges (a_type, a_value, b_type, b_value, rule,"
+                " event_id, source, created_time) SELECT * FROM unnest($1::text[], $2::text[],"
+                " $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[])"
+                " ON CONFLICT DO NOTHING",
+                [e.a.type for e in edges],
+                [e.a.value for e in edges],
+                [e.b.type for e in edges],
+                [e.b.value for e in edges],
+                [e.rule for e in edges],
+                [e.event_id for e in edges],
+                [e.source for e in edges],
+                [e.time for e in edges],
+            )
             return
         rows = [
             {
@@ -723,8 +911,9 @@ class SqlProfileStore:
             day_key = (pid, e.name, e.day)
             old_day = daily_adds.get(day_key, (0, 0.0))
             daily_adds[day_key] = (old_day[0] + 1, old_day[1] + e.revenue)
-        await self._add_counts(conn, count_adds)
-        await self._add_daily(conn, daily_adds)
+        if not self.is_postgres:
+            await self._add_counts(conn, count_adds)
+            await self._add_daily(conn, daily_adds)
 
         trait_changes = await self._apply_trait_ops(conn, assigned)
         for pid, names in trait_changes.items():
@@ -749,17 +938,39 @@ class SqlProfileStore:
         by_tz: dict[str, list[str]] = defaultdict(list)
         for pid, (_, tz) in newest_tz.items():
             by_tz[tz].append(pid)
-        for tz, pids in by_tz.items():
-            await conn.execute(update(profiles).where(profiles.c.id.in_(pids)).values(timezone=tz))
         touched = sorted({pid for pid, _ in assigned})
         if self.is_postgres:
-            await conn.execute(
-                update(profiles)
-                .where(profiles.c.id == func.any(bindparam("ids", type_=postgresql.ARRAY(Text))))
-                .values(updated_time=now),
-                {"ids": touched},
+            # Counts, daily buckets, timezones and update times in one statement. The rows go
+            # as one JSON document (asyncpg's per-element array encoding costs more CPU).
+            driver = await self._driver(conn)
+            await driver.execute(
+                "WITH c AS (INSERT INTO profile_event_counts (profile_id, name, count, first_time,"
+                " last_time) SELECT r->>0, r->>1, (r->>2)::int, (r->>3)::timestamptz,"
+                " (r->>4)::timestamptz FROM jsonb_array_elements($1::jsonb) AS r"
+                " ON CONFLICT (profile_id, name) DO UPDATE SET"
+                " count = profile_event_counts.count + excluded.count,"
+                " first_time = LEAST(profile_event_counts.first_time, excluded.first_time),"
+                " last_time = GREATEST(profile_event_counts.last_time, excluded.last_time)),"
+                " d AS (INSERT INTO profile_event_daily (profile_id, name, day, count, revenue)"
+                " SELECT r->>0, r->>1, (r->>2)::date, (r->>3)::int, (r->>4)::float8"
+                " FROM jsonb_array_elements($2::jsonb) AS r"
+                " ON CONFLICT (profile_id, name, day) DO UPDATE SET"
+                " count = profile_event_daily.count + excluded.count,"
+                " revenue = profile_event_daily.revenue + excluded.revenue)"
+                " UPDATE profile_profiles AS p SET updated_time = $3,"
+                " timezone = COALESCE(t->>1, p.timezone)"
+                " FROM jsonb_array_elements($4::jsonb) AS t WHERE p.id = t->>0",
+                _json([(*k, *v) for k, v in sorted(count_adds.items())]),
+                # Revenue as text: float8 reads back every float, NaN and infinities included.
+                _json([(*k, c, repr(r)) for k, (c, r) in sorted(daily_adds.items())]),
+                now,
+                _json([(pid, newest_tz[pid][1] if pid in newest_tz else None) for pid in touched]),
             )
         else:
+            for tz, pids in by_tz.items():
+                await conn.execute(
+                    update(profiles).where(profiles.c.id.in_(pids)).values(timezone=tz)
+                )
             for chunk in _chunks(touched):
                 await conn.execute(
                     update(profiles).where(profiles.c.id.in_(chunk)).values(updated_time=now)
@@ -773,23 +984,20 @@ class SqlProfileStore:
             return
         if self.is_postgres:
             items = sorted(adds.items())
-            await conn.execute(
-                text(
-                    "INSERT INTO profile_event_counts (profile_id, name, count, first_time,"
-                    " last_time) SELECT * FROM unnest(CAST(:p AS text[]), CAST(:n AS text[]),"
-                    " CAST(:c AS int[]), CAST(:f AS timestamptz[]), CAST(:l AS timestamptz[]))"
-                    " ON CONFLICT (profile_id, name) DO UPDATE SET"
-                    " count = profile_event_counts.count + excluded.count,"
-                    " first_time = LEAST(profile_event_counts.first_time, excluded.first_time),"
-                    " last_time = GREATEST(profile_event_counts.last_time, excluded.last_time)"
-                ),
-                {
-                    "p": [k[0] for k, _ in items],
-                    "n": [k[1] for k, _ in items],
-                    "c": [v[0] for _, v in items],
-                    "f": [v[1] for _, v in items],
-                    "l": [v[2] for _, v in items],
-                },
+            driver = await self._driver(conn)
+            await driver.execute(
+                "INSERT INTO profile_event_counts (profile_id, name, count, first_time,"
+                " last_time) SELECT * FROM unnest($1::text[], $2::text[], $3::int[],"
+                " $4::timestamptz[], $5::timestamptz[])"
+                " ON CONFLICT (profile_id, name) DO UPDATE SET"
+                " count = profile_event_counts.count + excluded.count,"
+                " first_time = LEAST(profile_event_counts.first_time, excluded.first_time),"
+                " last_time = GREATEST(profile_event_counts.last_time, excluded.last_time)",
+                [k[0] for k, _ in items],
+                [k[1] for k, _ in items],
+                [v[0] for _, v in items],
+                [v[1] for _, v in items],
+                [v[2] for _, v in items],
             )
             return
         stmt = self._insert(event_counts)
@@ -824,22 +1032,19 @@ class SqlProfileStore:
             return
         if self.is_postgres:
             day_items = sorted(adds.items())
-            await conn.execute(
-                text(
-                    "INSERT INTO profile_event_daily (profile_id, name, day, count, revenue)"
-                    " SELECT * FROM unnest(CAST(:p AS text[]), CAST(:n AS text[]),"
-                    " CAST(:d AS date[]), CAST(:c AS int[]), CAST(:r AS float8[]))"
-                    " ON CONFLICT (profile_id, name, day) DO UPDATE SET"
-                    " count = profile_event_daily.count + excluded.count,"
-                    " revenue = profile_event_daily.revenue + excluded.revenue"
-                ),
-                {
-                    "p": [k[0] for k, _ in day_items],
-                    "n": [k[1] for k, _ in day_items],
-                    "d": [k[2] for k, _ in day_items],
-                    "c": [v[0] for _, v in day_items],
-                    "r": [v[1] for _, v in day_items],
-                },
+            driver = await self._driver(conn)
+            await driver.execute(
+                "INSERT INTO profile_event_daily (profile_id, name, day, count, revenue)"
+                " SELECT * FROM unnest($1::text[], $2::text[], $3::date[], $4::int[],"
+                " $5::float8[])"
+                " ON CONFLICT (profile_id, name, day) DO UPDATE SET"
+                " count = profile_event_daily.count + excluded.count,"
+                " revenue = profile_event_daily.revenue + excluded.revenue",
+                [k[0] for k, _ in day_items],
+                [k[1] for k, _ in day_items],
+                [k[2] for k, _ in day_items],
+                [v[0] for _, v in day_items],
+                [v[1] for _, v in day_items],
             )
             return
         stmt = self._insert(event_daily)
@@ -929,7 +1134,38 @@ class SqlProfileStore:
         names = sorted({k[1] for k in ops_by_key})
         states: dict[tuple[str, str], TraitState] = {}
         existing: dict[tuple[str, str], Any] = {}
-        for chunk in _chunks(pids):
+        if self.is_postgres:
+            driver = await self._driver(conn)
+            wanted_pids = [k[0] for k in ops_by_key]
+            wanted_names = [k[1] for k in ops_by_key]
+            rows = await driver.fetch(
+                "SELECT true, t.profile_id, t.name, t.value, t.updated_time, t.source, t.event_id"
+                " FROM profile_traits AS t JOIN unnest($1::text[], $2::text[]) AS k(p, n)"
+                " ON t.profile_id = k.p AND t.name = k.n"
+                " UNION ALL SELECT false, h.profile_id, h.name, NULL, h.event_time, h.source,"
+                " h.event_id FROM profile_trait_history AS h"
+                " JOIN unnest($1::text[], $2::text[]) AS k(p, n)"
+                " ON h.profile_id = k.p AND h.name = k.n WHERE h.op = 'unset'",
+                wanted_pids,
+                wanted_names,
+            )
+            for present, pid, name, value, updated, source, event_id in rows:
+                if present:
+                    existing[(pid, name)] = value
+                    states[(pid, name)] = TraitState(
+                        True, value, updated, event_id, source, (updated, event_id, _FAR)
+                    )
+            for present, pid, name, _, event_time, source, event_id in rows:
+                if present:
+                    continue
+                key = (pid, name)
+                tomb = TraitState(
+                    False, None, event_time, event_id, source, (event_time, event_id, _FAR)
+                )
+                held = states.get(key)
+                if held is None or tomb.op_order > held.op_order:
+                    states[key] = tomb
+        for chunk in _chunks([] if self.is_postgres else pids):
             rows = await conn.execute(
                 select(
                     traits.c.profile_id,
@@ -1003,7 +1239,26 @@ class SqlProfileStore:
                 removals.append(key)
             if was != now_value or (was is _MISSING) != (now_value is _MISSING):
                 changed[key[0]].add(key[1])
-        if upserts:
+        if upserts and self.is_postgres:
+            driver = await self._driver(conn)
+            await driver.execute(
+                "INSERT INTO profile_traits (profile_id, name, value, value_type, num_value,"
+                " text_value, bool_value, time_value, updated_time, source, event_id)"
+                " SELECT p, n, v::jsonb, vt, nv, tv, bv, tmv, ut, s, e FROM unnest($1::text[],"
+                " $2::text[], $3::text[], $4::text[], $5::float8[], $6::text[], $7::bool[],"
+                " $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[])"
+                " AS r(p, n, v, vt, nv, tv, bv, tmv, ut, s, e)"
+                " ON CONFLICT (profile_id, name) DO UPDATE SET value = excluded.value,"
+                " value_type = excluded.value_type, num_value = excluded.num_value,"
+                " text_value = excluded.text_value, bool_value = excluded.bool_value,"
+                " time_value = excluded.time_value, updated_time = excluded.updated_time,"
+                " source = excluded.source, event_id = excluded.event_id",
+                *(
+                    [orjson.dumps(r["value"]).decode() if c == "value" else r[c] for r in upserts]
+                    for c in ("profile_id", "name", *_TRAIT_COLUMNS)
+                ),
+            )
+        elif upserts:
             stmt = self._insert(traits)
             stmt = stmt.on_conflict_do_update(
                 index_elements=["profile_id", "name"],
