@@ -1,0 +1,217 @@
+"""Real-time membership latency: entered/exited emitted after the profile change that caused it.
+
+A seeded population (bench/segment_datagen.py) is loaded into a fresh PostgreSQL database with
+the three benchmark segments saved and materialized. Then, for `seconds`, a producer plays the
+profile service at `rate` events/s: every 20 ms it inserts a slice of events (purchases and
+creative views, so memberships change) into the read model and appends the matching
+EVENT_APPLIED profile changes to the change feed (the SQL event log). The membership worker
+consumes the feed concurrently. For every membership change emitted while handling a batch of
+profile changes, the latency is the time from the append of the oldest change of that profile in
+the batch (its `change_time`) to the emission. Reported: p50/p99/max latency, changes emitted,
+and the feed's backlog at the end, beside the bare append rate of the log (its ceiling).
+Producer and worker share this process. Run: `python -m bench.segment_membership [--smoke]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import statistics
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from bench.segment_count import SEGMENTS, _admin, _load_postgres, _server_url
+from bench.segment_datagen import NOW, profile_id
+from upm.profile.v1 import profile_service_pb2 as profile_pb
+from upm.segment.v1 import segment_service_pb2 as pb
+from upm_common.db import create_engine
+from upm_common.eventlog import PROFILE_CHANGES, LogRecord
+from upm_common.eventlog.sql import SqlEventLog
+from upm_common.migrations import upgrade
+from upm_profile.store import tables as t
+from upm_segment.membership import (
+    GROUP,
+    MembershipHub,
+    MembershipWorker,
+    ProfileNotice,
+    decode_profile_change,
+)
+from upm_segment.service import SegmentDomain
+from upm_segment.store.sql import SqlSegmentStore
+
+TICK_SECONDS = 0.02
+
+
+def _percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+async def run(smoke: bool) -> dict[str, Any]:
+    """The benchmark's figures (see the module docstring)."""
+    profiles = 500 if smoke else 20_000
+    rate = 500 if smoke else 5_000
+    seconds = 2.0 if smoke else 20.0
+    name = f"upm_bench_membership_{uuid.uuid4().hex[:8]}"
+    await _admin(f'CREATE DATABASE "{name}"')
+    url = make_url(_server_url()).set(database=name).render_as_string(hide_password=False)
+    engine = create_engine(url.replace("postgresql://", "postgresql+asyncpg://", 1))
+    started_wall = time.monotonic()
+
+    def clock() -> datetime:
+        return NOW + timedelta(seconds=time.monotonic() - started_wall)
+
+    try:
+        for component in ("eventlog", "profile", "segment"):
+            await upgrade(engine, component)
+        await _load_postgres(url, profiles)
+        log = SqlEventLog(engine)
+        await log.ensure_group(PROFILE_CHANGES, GROUP)
+        store = SqlSegmentStore(engine)
+        domain = SegmentDomain(store, engine, clock=clock)
+        for segment_id, text in SEGMENTS.items():
+            await domain.create(
+                segment_id=segment_id.replace("_", "-"),
+                name=segment_id,
+                description="",
+                definition=None,
+                text=text,
+            )
+        latencies: list[float] = []
+        batch_times: dict[str, float] = {}
+
+        class TimingHub(MembershipHub):
+            def publish(self, changes: Sequence[pb.MembershipChange]) -> None:
+                emitted = time.time()
+                for change in changes:
+                    appended = batch_times.get(change.profile_id)
+                    if appended is not None:
+                        latencies.append(emitted - appended)
+                super().publish(changes)
+
+        def decode(payload: bytes) -> ProfileNotice:
+            change = profile_pb.ProfileChange.FromString(payload)
+            stamp = change.change_time.seconds + change.change_time.nanos / 1e9
+            batch_times.setdefault(change.profile_id, stamp)
+            return decode_profile_change(payload)
+
+        hub = TimingHub()
+        worker = MembershipWorker(
+            engine, store, log, hub, clock=clock, batch_size=2000, decode=decode
+        )
+        materialize_started = time.perf_counter()
+        await worker.refresh(force=True)
+        materialize_seconds = time.perf_counter() - materialize_started
+        latencies.clear()
+        produced = 0
+        rng = random.Random(11)
+
+        async def produce() -> None:
+            nonlocal produced
+            per_tick = max(1, int(rate * TICK_SECONDS))
+            deadline = time.monotonic() + seconds
+            next_tick = time.monotonic()
+            while time.monotonic() < deadline:
+                rows: list[dict[str, Any]] = []
+                changes: list[profile_pb.ProfileChange] = []
+                moment = clock()
+                for _ in range(per_tick):
+                    pid = profile_id(rng.randrange(profiles))
+                    event_name = "Order Completed" if rng.random() < 0.5 else "Creative Viewed"
+                    props: dict[str, Any] = (
+                        {"revenue": 40.0, "currency": "USD"}
+                        if event_name == "Order Completed"
+                        else {"placement": "homepage", "creative": "new-product"}
+                    )
+                    rows.append(
+                        {
+                            "id": uuid.uuid4().hex,
+                            "profile_id": pid,
+                            "type": "track",
+                            "name": event_name,
+                            "event_time": moment,
+                            "received_time": moment,
+                            "properties": props,
+                            "context": {},
+                        }
+                    )
+                    change = profile_pb.ProfileChange(
+                        change_id=uuid.uuid4().hex,
+                        type=profile_pb.PROFILE_CHANGE_TYPE_EVENT_APPLIED,
+                        profile_id=pid,
+                        event_name=event_name,
+                    )
+                    changes.append(change)
+                async with engine.begin() as conn:
+                    await conn.execute(t.events.insert(), rows)
+                appended = time.time()
+                for change in changes:
+                    change.change_time.seconds = int(appended)
+                    change.change_time.nanos = int((appended % 1) * 1e9)
+                records = [LogRecord(c.profile_id, c.SerializeToString()) for c in changes]
+                await log.append(PROFILE_CHANGES, records)
+                produced += len(records)
+                next_tick += TICK_SECONDS
+                await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+
+        async def consume() -> None:
+            while True:
+                batch_times.clear()
+                if not await worker.consume_once(block_seconds=0.01):
+                    await asyncio.sleep(0.005)
+
+        tasks = [asyncio.create_task(consume())]
+        produce_started = time.perf_counter()
+        await produce()
+        produce_seconds = time.perf_counter() - produce_started
+        drain_started = time.perf_counter()
+        for _ in range(1200):  # at most 60 s
+            if not await log.pending(PROFILE_CHANGES, GROUP):
+                break
+            await asyncio.sleep(0.05)
+        drain_seconds = time.perf_counter() - drain_started
+        backlog = await log.pending(PROFILE_CHANGES, GROUP)
+        await asyncio.sleep(0.1)
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        ceiling_records = [LogRecord("k", b"x" * 40) for _ in range(1000)]
+        ceiling_started = time.perf_counter()
+        for _ in range(5):
+            await log.append("bench-ceiling", ceiling_records)
+        append_ceiling = 5000 / (time.perf_counter() - ceiling_started)
+        await log.close()
+        return {
+            "database": "postgresql",
+            "profiles": profiles,
+            "target_rate_per_second": rate,
+            "achieved_rate_per_second": round(produced / produce_seconds, 1),
+            "events": produced,
+            "materialize_seconds": round(materialize_seconds, 2),
+            "membership_changes": len(latencies),
+            "latency_p50_seconds": round(statistics.median(latencies), 4) if latencies else None,
+            "latency_p99_seconds": round(_percentile(latencies, 0.99), 4) if latencies else None,
+            "latency_max_seconds": round(max(latencies), 4) if latencies else None,
+            "drain_seconds_after_producer_stopped": round(drain_seconds, 2),
+            "backlog_at_end": backlog,
+            "log_append_ceiling_records_per_second": round(append_ceiling, 1),
+            "target": "p99 under 1 s at 5,000 events/s",
+        }
+    finally:
+        await engine.dispose()
+        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(json.dumps(asyncio.run(run("--smoke" in sys.argv)), indent=2))

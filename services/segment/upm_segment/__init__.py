@@ -1,0 +1,1 @@
+"""The segment service: definitions, counts over the profile read model, real-time membership."""

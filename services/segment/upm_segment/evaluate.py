@@ -1,0 +1,257 @@
+"""The in-process evaluator: is one profile a member at time `now`, and when may that change?
+
+It must agree with the SQL compiler (`compile.py`) on every input; a property test checks it.
+Semantics shared with the compiler:
+
+- A trait comparison holds only when the trait holds a value of the operand's type (string,
+  number, boolean, timestamp); NEQ is the negation of EQ (a missing trait is "not equal").
+  String order is code-point order.
+- An event property filter looks at the JSON value at the dotted path: strings, numbers (not
+  booleans) and booleans compare with operands of their type; `exists` means present and not
+  JSON null; NEQ and NOT_EXISTS are negations.
+- Windows: relative `now - D < t <= now`; absolute `start <= t < end`; periods as in the proto.
+- Counts and sums over no events are 0; averages, minimums, maximums and first/last times over
+  no events are undefined, and a condition on them is false.
+- A missing consent record has the status `unknown`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from upm_segment import model as m
+
+
+@dataclass(frozen=True)
+class TraitValue:
+    value_type: str  # string | number | boolean | timestamp | array | object | null
+    value: Any
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    name: str
+    type: str
+    time: datetime
+    properties: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ProfileData:
+    """What the evaluator needs of one profile (events may be limited to referenced names)."""
+
+    profile_id: str
+    traits: dict[str, TraitValue] = field(default_factory=dict)
+    consents: dict[tuple[str, str], str] = field(default_factory=dict)
+    identifier_types: set[str] = field(default_factory=set)
+    events: list[EventRecord] = field(default_factory=list)
+
+
+_TRAIT_KIND = {
+    "string": "string",
+    "number": "number",
+    "boolean": "boolean",
+    "timestamp": "timestamp",
+}
+
+
+def _typed(value: Any, kind: str) -> tuple[bool, Any]:
+    """Whether a JSON value has the literal kind `kind`, and the comparable value."""
+    if kind == "string":
+        return isinstance(value, str), value
+    if kind == "boolean":
+        return isinstance(value, bool), value
+    if kind == "number":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return ok, float(value) if ok else None
+    return isinstance(value, datetime), value
+
+
+def compare(operator: m.Operator, present: bool, actual: Any, values: tuple[m.Value, ...]) -> bool:
+    """Apply an operator to a value of the operands' type (`present` False: missing or another
+    type)."""
+    if operator is m.Operator.NEQ:
+        return not compare(m.Operator.EQ, present, actual, values)
+    if operator is m.Operator.NOT_EXISTS:
+        return not compare(m.Operator.EXISTS, present, actual, values)
+    if not present:
+        return False
+    if operator is m.Operator.EXISTS:
+        return True
+    if operator is m.Operator.EQ:
+        return bool(actual == values[0])
+    if operator is m.Operator.IN:
+        return any(actual == value for value in values)
+    if operator is m.Operator.LT:
+        return bool(actual < values[0])
+    if operator is m.Operator.LTE:
+        return bool(actual <= values[0])
+    if operator is m.Operator.GT:
+        return bool(actual > values[0])
+    if operator is m.Operator.GTE:
+        return bool(actual >= values[0])
+    if operator is m.Operator.BETWEEN:
+        return bool(values[0] <= actual <= values[1])
+    if operator is m.Operator.CONTAINS:
+        return str(values[0]) in actual
+    if operator is m.Operator.STARTS_WITH:
+        return bool(actual.startswith(values[0]))
+    raise ValueError(f"unknown operator {operator}")
+
+
+def _trait(node: m.TraitCondition, profile: ProfileData) -> bool:
+    trait = profile.traits.get(node.name)
+    if node.operator in (m.Operator.EXISTS, m.Operator.NOT_EXISTS):
+        present = trait is not None and trait.value_type != "null"
+        return compare(node.operator, present, None, ())
+    kind = m.value_kind(node.values[0])
+    present = trait is not None and _TRAIT_KIND.get(trait.value_type) == kind
+    actual: Any = trait.value if trait is not None and present else None
+    if present and kind == "number":
+        actual = float(actual)
+    return compare(node.operator, present, actual, node.values)
+
+
+_MISSING = object()
+
+
+def property_value(properties: Any, path: str) -> Any:
+    """The JSON value at a dotted path, or `_MISSING`."""
+    current = properties
+    for key in path.split("."):
+        if not isinstance(current, dict) or key not in current:
+            return _MISSING
+        current = current[key]
+    return current
+
+
+def _filter(item: m.PropertyFilter, properties: dict[str, Any]) -> bool:
+    value = property_value(properties, item.property)
+    if item.operator in (m.Operator.EXISTS, m.Operator.NOT_EXISTS):
+        return compare(item.operator, value is not _MISSING and value is not None, None, ())
+    ok, actual = _typed(value, m.value_kind(item.values[0]))
+    return compare(item.operator, ok, actual, item.values)
+
+
+def in_window(window: m.Window | None, moment: datetime, now: datetime) -> bool:
+    if window is None:
+        return True
+    if isinstance(window, m.RelativeWindow):
+        return now - window.duration < moment <= now
+    return window.start <= moment < window.end
+
+
+def matching_events(
+    node: m.EventCondition | m.AggregateCondition, profile: ProfileData
+) -> list[EventRecord]:
+    """Events of the node's name, type and property filters (any time)."""
+    event_type = node.event_type if isinstance(node, m.EventCondition) else None
+    return [
+        event
+        for event in profile.events
+        if event.name == node.name
+        and (event_type is None or event.type == event_type)
+        and all(_filter(item, event.properties) for item in node.filters)
+    ]
+
+
+def period_bounds(every: m.Periodicity, now: datetime) -> list[tuple[datetime, datetime]]:
+    """(exclusive start, inclusive end) of each period, newest first."""
+    length = every.length
+    return [(now - (i + 1) * length, now - i * length) for i in range(every.count)]
+
+
+def _event(node: m.EventCondition, profile: ProfileData, now: datetime) -> bool:
+    events = [e for e in matching_events(node, profile) if in_window(node.window, e.time, now)]
+    measure = node.measure
+    if isinstance(measure, m.FirstLastMeasure):
+        if not events:
+            return False
+        times = [e.time for e in events]
+        moment = min(times) if measure.which == "first" else max(times)
+        return measure.bound.holds(moment, now)
+    if measure.every is None:
+        return measure.comparison.holds(float(len(events)))
+    return all(
+        measure.comparison.holds(float(sum(1 for e in events if start < e.time <= end)))
+        for start, end in period_bounds(measure.every, now)
+    )
+
+
+def _aggregate(node: m.AggregateCondition, profile: ProfileData, now: datetime) -> bool:
+    events = [e for e in matching_events(node, profile) if in_window(node.window, e.time, now)]
+    if node.property:
+        numbers = []
+        for event in events:
+            ok, number = _typed(property_value(event.properties, node.property), "number")
+            if ok:
+                numbers.append(number)
+    else:
+        numbers = [1.0 for _ in events]
+    function = node.function
+    if function is m.AggregateFunction.COUNT:
+        return node.comparison.holds(float(len(numbers)))
+    if function is m.AggregateFunction.SUM:
+        return node.comparison.holds(float(sum(numbers)))
+    if not numbers:
+        return False
+    if function is m.AggregateFunction.AVG:
+        return node.comparison.holds(sum(numbers) / len(numbers))
+    if function is m.AggregateFunction.MIN:
+        return node.comparison.holds(min(numbers))
+    return node.comparison.holds(max(numbers))
+
+
+def evaluate(condition: m.Condition, profile: ProfileData, now: datetime) -> bool:
+    """Whether `profile` satisfies the resolved tree `condition` at `now`."""
+    if isinstance(condition, m.And):
+        return all(evaluate(child, profile, now) for child in condition.conditions)
+    if isinstance(condition, m.Or):
+        return any(evaluate(child, profile, now) for child in condition.conditions)
+    if isinstance(condition, m.Not):
+        return not evaluate(condition.condition, profile, now)
+    if isinstance(condition, m.TraitCondition):
+        return _trait(condition, profile)
+    if isinstance(condition, m.IdentifierCondition):
+        return (condition.type in profile.identifier_types) == condition.present
+    if isinstance(condition, m.ConsentCondition):
+        status = profile.consents.get((condition.channel, condition.purpose), "unknown")
+        return status == condition.status
+    if isinstance(condition, m.EventCondition):
+        return _event(condition, profile, now)
+    if isinstance(condition, m.AggregateCondition):
+        return _aggregate(condition, profile, now)
+    raise ValueError("segment references must be resolved before evaluation")
+
+
+def _edge_offsets(node: m.EventCondition | m.AggregateCondition) -> list[timedelta]:
+    """Offsets d such that the node's truth can change when `now` reaches `t + d` for a matching
+    event time t (d = 0: a future event enters a relative window)."""
+    offsets: list[timedelta] = []
+    if isinstance(node.window, m.RelativeWindow):
+        offsets += [timedelta(0), node.window.duration]
+    if isinstance(node, m.EventCondition):
+        measure = node.measure
+        if isinstance(measure, m.CountMeasure) and measure.every is not None:
+            length = measure.every.length
+            offsets += [i * length for i in range(measure.every.count + 1)]
+        if isinstance(measure, m.FirstLastMeasure) and measure.bound.ago is not None:
+            offsets.append(measure.bound.ago)
+    return offsets
+
+
+def next_edge(condition: m.Condition, profile: ProfileData, now: datetime) -> datetime | None:
+    """The earliest time after `now` at which the membership may change with no new data; None
+    when it cannot. The scheduler re-evaluates the profile then."""
+    candidates: Iterable[datetime] = (
+        event.time + offset
+        for node in m.walk(condition)
+        if isinstance(node, m.EventCondition | m.AggregateCondition)
+        for offset in _edge_offsets(node)
+        for event in matching_events(node, profile)
+    )
+    future = [moment for moment in candidates if moment > now]
+    return min(future) if future else None

@@ -1,0 +1,79 @@
+"""The segment service's composition root.
+
+`build_app(settings)` creates the engine, Redis (when configured), the event log, the store, the
+domain, the servicer and the membership worker (profile changes, window edges, new definitions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from upm.segment.v1 import segment_service_pb2_grpc as pb_grpc
+from upm_common.db import create_engine
+from upm_common.eventlog import PROFILE_CHANGES, EventLog, create_event_log
+from upm_common.redis import create_redis
+from upm_common.server import ServiceApp, ServiceRegistration
+from upm_segment.membership import GROUP, MembershipHub, MembershipWorker, consumer_name
+from upm_segment.service import SegmentDomain
+from upm_segment.servicer import SERVICE_NAME, SegmentServicer
+from upm_segment.settings import SegmentSettings
+from upm_segment.store.sql import SqlSegmentStore
+
+
+@dataclass
+class SegmentRuntime:
+    """Everything build_segment made, for tests and tools that need more than the app."""
+
+    store: SqlSegmentStore
+    domain: SegmentDomain
+    worker: MembershipWorker
+    hub: MembershipHub
+    event_log: EventLog
+    service_app: ServiceApp
+
+
+async def build_segment(settings: SegmentSettings) -> SegmentRuntime:
+    engine = create_engine(settings.database_url)
+    redis = create_redis(settings.redis_url) if settings.redis_url else None
+    event_log = create_event_log(settings, engine, redis)
+    store = SqlSegmentStore(engine)
+    domain = SegmentDomain(
+        store, engine, query_timeout_seconds=settings.segment_query_timeout_seconds
+    )
+    hub = MembershipHub()
+    worker = MembershipWorker(
+        engine,
+        store,
+        event_log,
+        hub,
+        consumer=consumer_name(),
+        batch_size=settings.segment_worker_batch_size,
+        lease_seconds=settings.segment_lease_seconds,
+        refresh_seconds=settings.segment_refresh_seconds,
+        scheduler_interval_seconds=settings.segment_scheduler_interval_seconds,
+    )
+    servicer = SegmentServicer(domain, hub)
+
+    async def close() -> None:
+        await event_log.close()
+        if redis is not None:
+            await redis.aclose()
+        await engine.dispose()
+
+    app = ServiceApp(
+        registrations=[
+            ServiceRegistration(
+                SERVICE_NAME, pb_grpc.add_SegmentServiceServicer_to_server, servicer
+            )
+        ],
+        workers=[worker.run],
+        close=close,
+    )
+    return SegmentRuntime(store, domain, worker, hub, event_log, app)
+
+
+async def build_app(settings: SegmentSettings) -> ServiceApp:
+    """The segment service for the `upm` command line."""
+    runtime = await build_segment(settings)
+    await runtime.event_log.ensure_group(PROFILE_CHANGES, GROUP)
+    return runtime.service_app

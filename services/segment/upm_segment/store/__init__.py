@@ -1,0 +1,1 @@
+"""Storage of the segment service: its own tables and reads of the profile read model."""
