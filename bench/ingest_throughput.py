@@ -6,7 +6,10 @@ Measured in one run, on one machine:
 - http_batch: the same events as Segment JSON through the HTTP collector's /v1/batch;
 - grpc_echo / http_echo: a bare grpc.aio server / bare aiohttp server answering the same batches
   with one result per event and doing nothing else (the transport's ceiling);
-- xadd: a bare pipelined XADD of the same serialized events (the log's ceiling).
+- xadd: the event log's own append of the same serialized events alone (one XADD per event,
+  run by one script call per partition and batch, 8 batches in flight): the log's ceiling;
+- redis_dedup_xadd: every Redis command the service sends for a batch (dedup claim, append,
+  dedup confirm) and nothing else: the ceiling of the whole Redis side.
 Then the p50 / p99 acknowledgement latency of one batch at half the measured throughput, in an
 open loop (batches sent on a fixed schedule, not waiting for each other), with batches of 100
 events (what Segment's server libraries flush at); the throughput phase sends batches of 500
@@ -14,6 +17,7 @@ with 8 in flight.
 
 Servers run in their own processes (the client is this process), so on a 2-core machine the
 service gets one core and the load generator the other. Figures are medians of `runs` runs.
+Every Redis key a run creates starts with `upmbench-ingest:<run id>:` and is deleted at the end.
 Run: `python -m bench.ingest_throughput` (or through `python -m bench`); needs Redis
 (UPM_BENCH_REDIS_URL, else UPM_TEST_REDIS_URL, else redis://127.0.0.1:6379/0).
 """
@@ -26,6 +30,7 @@ import contextlib
 import gc
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -129,17 +134,26 @@ async def _serve_ingest(redis_url: str, prefix: str) -> None:
     app = await build_ingest(
         settings, redis=redis, event_log=RedisEventLog(redis, prefix=f"{prefix}upm")
     )
-    _, write_key = await app.registry.create("bench", SourceLimitOverrides())
+    record, write_key = await app.registry.create("bench", SourceLimitOverrides())
     running = await build_server(settings, app.service_app.registrations, port=0)
     await running.server.start()
     freeze_startup_objects()  # as build_app does
     print(
-        "READY " + json.dumps({"grpc": running.port, "http": app.http_port, "key": write_key}),
+        "READY "
+        + json.dumps(
+            {
+                "grpc": running.port,
+                "http": app.http_port,
+                "key": write_key,
+                "source": record.source_id,
+            }
+        ),
         flush=True,
     )
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await running.server.stop(0)
     await app.close()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 async def _serve_echo() -> None:
@@ -357,48 +371,95 @@ def _http_sender(session: Any, port: int, key: str) -> Send:
     return send
 
 
-async def _bare_xadd(redis_url: str, prefix: str, bodies: list[bytes]) -> float:
-    """Events/s of pipelined XADDs of the same events (one pipeline per batch)."""
+def _log_records(bodies: list[bytes]) -> list[tuple[list[str], list[Any]]]:
+    """Message ids and event-log records of each batch, as the service appends them."""
     from upm.ingest.v1 import ingest_service_pb2 as pb
+    from upm_common.eventlog import LogRecord
+
+    out = []
+    for body in bodies:
+        events = pb.BatchIngestRequest.FromString(body).events
+        out.append(
+            (
+                [e.message_id for e in events],
+                [LogRecord(e.user_id or e.anonymous_id, e.SerializeToString()) for e in events],
+            )
+        )
+    return out
+
+
+async def _bare_redis(
+    redis_url: str, prefix: str, bodies: list[bytes], concurrency: int, *, dedup: bool
+) -> float:
+    """Events/s of the Redis work alone, batch by batch with `concurrency` batches in flight.
+
+    Without `dedup`: the log's append of each batch (one XADD per event, run by one script
+    call per partition, all of a batch's calls in one round trip) -- the bare XADD ceiling.
+    With `dedup`: also the dedup claim before and the confirm after, i.e. every Redis command
+    the service sends for a batch, without gRPC, HTTP, validation or enrichment.
+    """
+    from upm_common.eventlog import EVENTS
+    from upm_common.eventlog.redis import RedisEventLog
     from upm_common.redis import create_redis
+    from upm_ingest.store.redis import RedisDedupStore
 
     redis = create_redis(redis_url)
-    payloads = [
-        [
-            (e.anonymous_id, e.SerializeToString())
-            for e in pb.BatchIngestRequest.FromString(b).events
-        ]
-        for b in bodies
-    ]
+    name = "dedup" if dedup else "xadd"
+    log = RedisEventLog(redis, prefix=f"{prefix}{name}")
+    store = RedisDedupStore(redis, prefix=f"{prefix}{name}-dedup")
+    batches = _log_records(bodies)
+    await log.append(EVENTS, batches[0][1][:1])  # load the script outside the measurement
+    queue = list(reversed(range(len(batches))))
+    total = 0
+
+    async def worker() -> None:
+        nonlocal total
+        while queue:
+            ids, records = batches[queue.pop()]
+            if dedup:
+                await store.claim("bench", ids, 60)
+            await log.append(EVENTS, records)
+            if dedup:
+                await store.confirm("bench", ids, 600)
+            total += len(records)
+
+    _quiet_gc()
     try:
         started = time.perf_counter()
-        total = 0
-        for batch in payloads:
-            async with redis.pipeline(transaction=False) as pipe:
-                for key, payload in batch:
-                    pipe.xadd(f"{prefix}xadd:{{events:{hash(key) % 8}}}", {"k": key, "p": payload})
-                await pipe.execute()
-            total += len(batch)
-        rate = total / (time.perf_counter() - started)
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return total / (time.perf_counter() - started)
     finally:
-        keys = [k async for k in redis.scan_iter(match=f"{prefix}xadd:*", count=1000)]
-        if keys:
-            await redis.delete(*keys)
         await redis.aclose()
-    return rate
 
 
-async def _cleanup(redis_url: str, prefix: str) -> None:
+def _message_ids(run: str, batches: int, size: int) -> list[str]:
+    """The message ids `_grpc_batches` / `_http_batches` give these batches."""
+    return [f"{run}-{b}-{i}" for b in range(batches) for i in range(size)]
+
+
+async def _cleanup(redis_url: str, keys: list[str]) -> None:
+    """Delete the keys a run created: named one by one, so no SCAN walks a shared keyspace."""
     from upm_common.redis import create_redis
 
     redis = create_redis(redis_url)
     try:
-        keys = [k async for k in redis.scan_iter(match=f"{prefix}*", count=5000)]
         for start in range(0, len(keys), 1000):
-            await redis.delete(*keys[start : start + 1000])
+            await redis.unlink(*keys[start : start + 1000])
     finally:
         await redis.aclose()
 
+
+def _created_keys(prefix: str, source_id: str, sent: list[str]) -> list[str]:
+    """Every Redis key a run creates (see `_serve_ingest` and `_bare_redis`)."""
+    keys = [f"{prefix}{log}:{{events:{p}}}" for log in ("upm", "xadd", "dedup") for p in range(8)]
+    if source_id:
+        keys += [f"{prefix}dedup:{{{source_id}}}:{m}" for m in sent]
+    keys += [f"{prefix}{name}-dedup:{{bench}}:{m}" for name in ("dedup",) for m in sent]
+    return keys
+
+
+KEY_PREFIX = "upmbench-ingest:"
+"""Every Redis key a run creates starts with this plus the run's id; the run deletes them."""
 
 LATENCY_BATCH = 100
 """Events per batch in the latency phase: what Segment's server libraries flush at."""
@@ -417,14 +478,17 @@ async def _one_run(run: int, smoke: bool, redis_url: str) -> dict[str, float]:
     size = 50 if smoke else 500
     batches = 4 if smoke else 120
     concurrency = 2 if smoke else 8
-    prefix = f"upmbench:{uuid.uuid4().hex[:8]}:"
+    prefix = f"{KEY_PREFIX}{uuid.uuid4().hex[:8]}:"
     tag = uuid.uuid4().hex[:8]
     grpc_bodies = _grpc_batches(f"g{tag}", batches, size)
     http_bodies = _http_batches(f"h{tag}", batches, size)
+    sent = _message_ids(f"g{tag}", batches, size) + _message_ids(f"h{tag}", batches, size)
+    source_id = ""
     result: dict[str, float] = {}
     try:
         async with Child("echo") as echo, Child("serve", redis_url, prefix) as ingest:
             key = ingest.info["key"]
+            source_id = ingest.info["source"]
             async with aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=concurrency)
             ) as session:
@@ -434,7 +498,9 @@ async def _one_run(run: int, smoke: bool, redis_url: str) -> dict[str, float]:
                 channel, send = _grpc_sender(ingest.info["grpc"], key)
                 real_grpc = await _drive(send, grpc_bodies, concurrency)
                 half = real_grpc["events_per_second"] / 2
-                grpc_paced = _grpc_batches(f"gp{tag}", _paced_count(half, smoke), LATENCY_BATCH)
+                count = _paced_count(half, smoke)
+                sent += _message_ids(f"gp{tag}", count, LATENCY_BATCH)
+                grpc_paced = _grpc_batches(f"gp{tag}", count, LATENCY_BATCH)
                 grpc_latency = await _paced(send, grpc_paced, half, LATENCY_BATCH)
                 await channel.close()
                 echo_http = await _drive(
@@ -443,17 +509,21 @@ async def _one_run(run: int, smoke: bool, redis_url: str) -> dict[str, float]:
                 send_http = _http_sender(session, ingest.info["http"], key)
                 real_http = await _drive(send_http, http_bodies, concurrency)
                 half = real_http["events_per_second"] / 2
-                http_paced = _http_batches(f"hp{tag}", _paced_count(half, smoke), LATENCY_BATCH)
+                count = _paced_count(half, smoke)
+                sent += _message_ids(f"hp{tag}", count, LATENCY_BATCH)
+                http_paced = _http_batches(f"hp{tag}", count, LATENCY_BATCH)
                 http_latency = await _paced(send_http, http_paced, half, LATENCY_BATCH)
-        xadd = await _bare_xadd(redis_url, prefix, grpc_bodies)
+        xadd = await _bare_redis(redis_url, prefix, grpc_bodies, concurrency, dedup=False)
+        redis_all = await _bare_redis(redis_url, prefix, grpc_bodies, concurrency, dedup=True)
     finally:
-        await _cleanup(redis_url, prefix)
+        await _cleanup(redis_url, _created_keys(prefix, source_id, sent))
     result.update(
         grpc_events_per_second=real_grpc["events_per_second"],
         grpc_echo_events_per_second=echo_grpc["events_per_second"],
         http_events_per_second=real_http["events_per_second"],
         http_echo_events_per_second=echo_http["events_per_second"],
         xadd_events_per_second=xadd,
+        redis_dedup_xadd_events_per_second=redis_all,
         grpc_p99_ms_full_load=real_grpc["p99_ms"],
         http_p99_ms_full_load=real_http["p99_ms"],
         grpc_p50_ms_half_load=grpc_latency["p50_ms"],
@@ -466,7 +536,7 @@ async def _one_run(run: int, smoke: bool, redis_url: str) -> dict[str, float]:
 
 async def run(smoke: bool) -> dict[str, Any]:
     """The benchmark entry point used by `python -m bench`."""
-    runs = 1 if smoke else 3
+    runs = 1 if smoke else 5
     redis_url = _redis_url()
     samples = [await _one_run(i, smoke, redis_url) for i in range(runs)]
     median = {name: statistics.median(s[name] for s in samples) for name in samples[0]}
@@ -488,6 +558,10 @@ async def run(smoke: bool) -> dict[str, Any]:
             ),
             "http_vs_xadd": round(
                 median["http_events_per_second"] / median["xadd_events_per_second"], 3
+            ),
+            "grpc_vs_redis_dedup_xadd": round(
+                median["grpc_events_per_second"] / median["redis_dedup_xadd_events_per_second"],
+                3,
             ),
         },
         "targets": {

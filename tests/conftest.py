@@ -117,9 +117,7 @@ def pg_url(postgres_server_url: str) -> Iterator[str]:
     name = f"upm_test_{uuid.uuid4().hex[:16]}"
     _admin(postgres_server_url, f'CREATE DATABASE "{name}"')
     try:
-        yield make_url(postgres_server_url).set(database=name).render_as_string(
-            hide_password=False
-        )
+        yield make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False)
     finally:
         _admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

@@ -28,13 +28,15 @@ power cut).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import struct
 import time
 import zlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from upm_common.eventlog.base import (
     DEFAULT_MAX_ATTEMPTS,
@@ -42,6 +44,10 @@ from upm_common.eventlog.base import (
     LogRecord,
     dead_letter_topic,
 )
+
+K = TypeVar("K")
+T = TypeVar("T")
+R = TypeVar("R")
 
 LEASE_HORIZON_MS = 24 * 3600 * 1000
 """Idle time at which an entry's lease has ended; leases are at most this long."""
@@ -94,15 +100,111 @@ end
 return out
 """
 
-# KEYS[1]: the stream. ARGV: key, payload, key, payload, ... Returns the new entry ids joined
-# by spaces (one reply string parses much faster than one reply per entry).
+# KEYS[1]: the stream. ARGV[1]: the records as one MessagePack array key, payload, key, ...
+# (see `msgpack_strings`: one argument per call instead of two per record, which the client
+# would otherwise encode one by one). Returns the new entry ids joined by spaces (one reply
+# string parses much faster than one reply per entry).
 _APPEND_LUA = """
+local fields = cmsgpack.unpack(ARGV[1])
 local ids = {}
-for i = 1, #ARGV, 2 do
-  ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', 'k', ARGV[i], 'p', ARGV[i + 1])
+for i = 1, #fields, 2 do
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', 'k', fields[i], 'p', fields[i + 1])
 end
 return table.concat(ids, ' ')
 """
+
+_ARRAY32 = struct.Struct(">BI").pack
+_STR32 = struct.Struct(">BI").pack
+
+
+def msgpack_strings(items: Sequence[bytes]) -> bytes:
+    """A MessagePack array of raw strings, which Lua's `cmsgpack.unpack` turns into a table.
+
+    Written by hand (str32 for every item: the only string format Redis 7.0's cmsgpack reads
+    that holds any bytes) so no MessagePack library is needed.
+    """
+    parts = [_ARRAY32(0xDD, len(items))]
+    append = parts.append
+    for item in items:
+        append(_STR32(0xDB, len(item)))
+        append(item)
+    return b"".join(parts)
+
+
+class CallJoiner(Generic[K, T, R]):
+    """Joins concurrent calls of a batch operation into one call (group commit).
+
+    `await joiner(group, items)` runs `operation(group, all_items)` and returns this caller's
+    slice of its results (one result per item, in order). A caller that finds no call of its
+    group in flight starts one at once, so an idle service adds no delay; callers that arrive
+    while a call is in flight wait for it to finish and then go together in the next call.
+    Under load, a busy service thus makes one round trip for many requests instead of one
+    each. A failed call fails every caller in it with the same exception; each caller still
+    returns only after the operation covering its items has returned.
+    """
+
+    def __init__(
+        self,
+        operation: Callable[[K, list[T]], Awaitable[Sequence[R]]],
+        *,
+        max_items: int = 5000,
+    ) -> None:
+        self._operation = operation
+        self._max_items = max_items
+        self._waiting: dict[K, list[tuple[list[T], asyncio.Future[list[R]]]]] = {}
+        self._running: set[K] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, group: K, items: Sequence[T]) -> list[R]:
+        if not items:
+            return []
+        future: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(group, []).append((list(items), future))
+        if group not in self._running:
+            self._running.add(group)
+            task = asyncio.get_running_loop().create_task(self._drain(group))
+            # The loop keeps only a weak reference to a task: hold it until it is done.
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await future
+
+    async def _drain(self, group: K) -> None:
+        try:
+            while True:
+                waiting = self._waiting.get(group)
+                if not waiting:
+                    self._waiting.pop(group, None)
+                    return
+                # Take callers up to `max_items` (at least one), oldest first.
+                taken = 0
+                total = 0
+                while taken < len(waiting) and (
+                    taken == 0 or total + len(waiting[taken][0]) <= self._max_items
+                ):
+                    total += len(waiting[taken][0])
+                    taken += 1
+                batch, self._waiting[group] = waiting[:taken], waiting[taken:]
+                joined = [item for items, _ in batch for item in items]
+                try:
+                    results = await self._operation(group, joined)
+                except BaseException as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                start = 0
+                for items, future in batch:
+                    end = start + len(items)
+                    if not future.done():
+                        future.set_result(list(results[start:end]))
+                    start = end
+        finally:
+            self._running.discard(group)
+            for _, future in self._waiting.pop(group, []):
+                if not future.done():
+                    future.set_exception(RuntimeError("the joined call was interrupted"))
 
 
 def _text(value: Any) -> str:
@@ -131,6 +233,7 @@ class RedisEventLog:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         max_len: int | None = None,
         prefix: str = "upm",
+        join_appends: bool = True,
     ) -> None:
         if partitions < 1:
             raise ValueError("partitions must be at least 1")
@@ -140,7 +243,9 @@ class RedisEventLog:
         self._max_len = max_len
         self._prefix = prefix
         self._claim = redis.register_script(_CLAIM_LUA)
-        self._append = redis.register_script(_APPEND_LUA)
+        self._append_sha = hashlib.sha1(_APPEND_LUA.encode()).hexdigest()
+        self._join = join_appends
+        self._joiner: CallJoiner[str, LogRecord, str] = CallJoiner(self._append_now)
         self._last_trim: dict[str, float] = {}
         self._cursor = 0
 
@@ -154,19 +259,33 @@ class RedisEventLog:
     async def append(self, topic: str, records: Sequence[LogRecord]) -> list[str]:
         if not records:
             return []
+        if self._join:
+            # Concurrent appends to a topic share one round trip (see CallJoiner).
+            return await self._joiner(topic, records)
+        return await self._append_now(topic, records)
+
+    async def _append_now(self, topic: str, records: Sequence[LogRecord]) -> list[str]:
         by_partition: dict[int, list[int]] = {}
+        crc32 = zlib.crc32
+        partitions = self._partitions
         for index, record in enumerate(records):
-            by_partition.setdefault(self.partition_of(record.key), []).append(index)
+            partition = crc32(record.key.encode("utf-8")) % partitions
+            indices = by_partition.get(partition)
+            if indices is None:
+                by_partition[partition] = [index]
+            else:
+                indices.append(index)
         # One script call per partition (all XADDs of a partition in one command, in order),
         # all calls in one round trip.
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for partition, indices in by_partition.items():
-                args: list[str | bytes] = []
-                for index in indices:
-                    args.append(records[index].key)
-                    args.append(records[index].payload)
-                await self._append(keys=[self.stream_key(topic, partition)], args=args, client=pipe)
-            replies = await pipe.execute()
+        calls: list[tuple[str, bytes]] = []
+        for partition, indices in by_partition.items():
+            fields: list[bytes] = []
+            for index in indices:
+                record = records[index]
+                fields.append(record.key.encode("utf-8"))
+                fields.append(record.payload)
+            calls.append((self.stream_key(topic, partition), msgpack_strings(fields)))
+        replies = await self._eval_each(_APPEND_LUA, self._append_sha, calls)
         ids = [""] * len(records)
         for (partition, indices), joined in zip(by_partition.items(), replies, strict=True):
             stream_ids = _text(joined).split(" ")
@@ -175,6 +294,31 @@ class RedisEventLog:
         if self._max_len is not None:
             await self._maybe_trim(topic, sorted(by_partition))
         return ids
+
+    async def _eval_each(
+        self, script: str, sha: str, calls: Sequence[tuple[str, bytes]]
+    ) -> list[Any]:
+        """EVALSHA `script` once per (key, argument), in one round trip.
+
+        Plain EVALSHA commands rather than redis-py Script objects: a pipeline holding Script
+        objects first asks SCRIPT EXISTS, an extra round trip on every call. A server that
+        lost its script cache (restart, SCRIPT FLUSH) answers NOSCRIPT: load and send again
+        (the script did not run, so nothing is applied twice).
+        """
+        for attempt in range(2):
+            try:
+                if len(calls) == 1:
+                    key, argument = calls[0]
+                    return [await self._redis.evalsha(sha, 1, key, argument)]
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for key, argument in calls:
+                        pipe.evalsha(sha, 1, key, argument)
+                    return list(await pipe.execute())
+            except NoScriptError:
+                if attempt:
+                    raise
+                await self._redis.script_load(script)
+        raise AssertionError("unreachable")
 
     async def ensure_group(self, topic: str, group: str) -> None:
         for partition in range(self._partitions):

@@ -309,20 +309,32 @@ class Collector:
         defaults: BatchDefaults | None,
         request: web.Request,
         received: int,
+        encoded: bytes | None = None,
+        user_agent: str | None = None,
+        client_ip: str | None = None,
     ) -> Candidate:
         message_id = ""
         if isinstance(item, dict) and isinstance(item.get("messageId"), str):
             message_id = item["messageId"]
         try:
             event, sent_at = from_segment_json(
-                item, implied_type=implied_type, limits=self._config.shape, defaults=defaults
+                item,
+                implied_type=implied_type,
+                limits=self._config.shape,
+                defaults=defaults,
+                encoded=encoded,
             )
-            if not event.context.user_agent:
-                event.context.user_agent = request.headers.get("User-Agent", "")[:1024]
+            context = event.context
+            if not context.user_agent:
+                if user_agent is None:
+                    user_agent = request.headers.get("User-Agent", "")[:1024]
+                context.user_agent = user_agent
             finalize(event, sent_at=sent_at, received=received, source_id=source.source_id)
         except FieldError as error:
             return Candidate(None, error, message_id=message_id)
-        return Candidate(event, message_id=event.message_id, client_ip=self._client_ip(request))
+        if client_ip is None:
+            client_ip = self._client_ip(request)
+        return Candidate(event, message_id=event.message_id, client_ip=client_ip)
 
     # -- handlers -----------------------------------------------------------------------------
 
@@ -411,8 +423,11 @@ class Collector:
                 integrations=integrations if isinstance(integrations, dict) else None,
             )
             candidates = []
+            user_agent = request.headers.get("User-Agent", "")[:1024]
+            client_ip = self._client_ip(request)
             for item in items:
-                if len(orjson.dumps(item)) > source.limits.max_event_bytes:
+                encoded = orjson.dumps(item)
+                if len(encoded) > source.limits.max_event_bytes:
                     message_id = item.get("messageId", "") if isinstance(item, dict) else ""
                     candidates.append(
                         Candidate(
@@ -432,6 +447,9 @@ class Collector:
                         defaults=defaults,
                         request=request,
                         received=received,
+                        encoded=encoded,
+                        user_agent=user_agent,
+                        client_ip=client_ip,
                     )
                 )
             self._ingestor.check_rate(source, len(items))

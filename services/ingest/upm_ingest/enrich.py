@@ -201,6 +201,7 @@ class Enricher:
         self.tables = load_tables(self._folder)
         self._referrer_cache: dict[str, ReferrerMatch | None] = {}
         self._query_cache: dict[str, list[tuple[str, str, bool]]] = {}
+        self._context_cache: dict[tuple[str, str, str, str], event_pb2.Context] = {}
         # Load the user agent parser's tables now, not on the first request.
         parse_user_agent("Mozilla/5.0 (X11; Linux x86_64) Chrome/124.0 Safari/537.36")
 
@@ -222,6 +223,7 @@ class Enricher:
             self.tables = tables
             self._referrer_cache = {}
             self._query_cache = {}
+            self._context_cache = {}
         log.info("enrichment tables reloaded", folder=str(self._folder))
 
     def maybe_reload(self) -> None:
@@ -259,19 +261,50 @@ class Enricher:
         query = page.search.lstrip("?") if page.search else ""
         if not query and url:
             query = urlsplit(url).query
+        user_agent = context.user_agent[:1024]
+        if (
+            context.HasField("campaign")
+            or context.HasField("referrer")
+            or context.HasField("user_agent_info")
+        ):
+            # The client sent some of what enrichment fills: work on the event itself.
+            self._enrich_context(context, query, referrer, url, user_agent)
+        else:
+            # The common case: what enrichment adds depends only on these four strings, so
+            # it is computed once per distinct combination and merged in with one call.
+            key = (query, referrer, url if referrer else "", user_agent)
+            cache = self._context_cache
+            fragment = cache.get(key)
+            if fragment is None:
+                fragment = event_pb2.Context()
+                self._enrich_context(fragment, query, referrer, url, user_agent)
+                if len(cache) >= 10_000:
+                    cache.clear()
+                cache[key] = fragment
+            context.MergeFrom(fragment)
+        ip = context.ip or client_ip
+        context.ip = truncate_ip(ip, self._ip_privacy)
+
+    def _enrich_context(
+        self,
+        context: event_pb2.Context,
+        query: str,
+        referrer: str,
+        page_url: str,
+        user_agent: str,
+    ) -> None:
+        """Campaign, referrer and user agent info of `context` (reads nothing else of it)."""
         self._campaign(context.campaign, query)
         if referrer:
-            self._referrer(context, referrer, url)
-        if context.user_agent:
-            agent = parse_user_agent(context.user_agent[:1024])
+            self._referrer(context, referrer, page_url)
+        if user_agent:
+            agent = parse_user_agent(user_agent)
             info = context.user_agent_info
             info.browser = agent.browser
             info.browser_version = agent.browser_version
             info.os = agent.os
             info.os_version = agent.os_version
             info.device_class = agent.device_class
-        ip = context.ip or client_ip
-        context.ip = truncate_ip(ip, self._ip_privacy)
 
     def _query_fields(self, query: str) -> list[tuple[str, str, bool]]:
         """(field or click id, value, is_click_id) of a query string; cached per string."""

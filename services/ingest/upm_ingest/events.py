@@ -9,6 +9,7 @@ proto field path (gRPC).
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -133,9 +134,23 @@ def _json_shape_error(
     return None
 
 
+# In a serialized google.protobuf.Struct, a nested Struct or ListValue always shows as a tag
+# byte 0x2A (Value.struct_value) or 0x32 (Value.list_value), and a number as tag 0x11
+# (Value.number_value) followed by its 8 little-endian bytes, whose last two hold the exponent:
+# NaN and the infinities have an all-ones exponent. The same bytes may occur inside strings, so
+# a match proves nothing (the full check runs), but no match proves the struct is flat and its
+# numbers finite.
+_NESTED_OR_NOT_FINITE = re.compile(rb"[\x2a\x32]|\x11.{6}[\xf0-\xff][\x7f\xff]", re.DOTALL)
+
+
 def check_struct_shape(struct: struct_pb2.Struct, path: str, limits: ShapeLimits) -> None:
     """`check_json_shape` for a google.protobuf.Struct (the gRPC door)."""
-    # Fast path: a flat struct of short strings and finite numbers (the common case).
+    # Fast path, one C-level pass over the serialized struct: no string or key can be longer
+    # than the whole struct (characters <= bytes), and see _NESTED_OR_NOT_FINITE.
+    data = struct.SerializeToString()
+    if len(data) <= limits.max_string_length and _NESTED_OR_NOT_FINITE.search(data) is None:
+        return
+    # Second fast path: a flat struct of short strings and finite numbers.
     flat = True
     for key, value in struct.fields.items():
         kind = value.WhichOneof("kind")
@@ -234,6 +249,22 @@ def _object(value: Any, field: str) -> dict[str, Any] | None:
     return value
 
 
+def update_struct(struct: struct_pb2.Struct, values: Mapping[str, Any]) -> None:
+    """`struct.update(values)`, with scalars set directly (the library's per-value dispatch is
+    written in Python and dominates the cost of a flat JSON object)."""
+    fields = struct.fields
+    for key, value in values.items():
+        kind = type(value)
+        if kind is str:
+            fields[key].string_value = value
+        elif kind is float or kind is int:
+            fields[key].number_value = value
+        elif kind is bool:
+            fields[key].bool_value = value
+        else:
+            struct.update({key: value})
+
+
 _PAGE_FIELDS = ("url", "path", "referrer", "search", "title")
 _CAMPAIGN_FIELDS = ("name", "source", "medium", "term", "content")
 _KNOWN_CONTEXT = {
@@ -250,21 +281,36 @@ _KNOWN_CONTEXT = {
 
 
 def _fill_context(context: event_pb2.Context, data: Mapping[str, Any]) -> None:
-    context.ip = _string(data.get("ip"), "context.ip")
-    context.user_agent = _string(data.get("userAgent"), "context.userAgent")
-    context.locale = _string(data.get("locale"), "context.locale")
-    context.timezone = _string(data.get("timezone"), "context.timezone")
+    # Only the fields present are touched (setting "" would be the same, but slower).
+    value = data.get("ip")
+    if value is not None:
+        context.ip = _string(value, "context.ip")
+    value = data.get("userAgent")
+    if value is not None:
+        context.user_agent = _string(value, "context.userAgent")
+    value = data.get("locale")
+    if value is not None:
+        context.locale = _string(value, "context.locale")
+    value = data.get("timezone")
+    if value is not None:
+        context.timezone = _string(value, "context.timezone")
     page = _object(data.get("page"), "context.page")
     if page:
+        target: Any = context.page
         for name in _PAGE_FIELDS:
-            setattr(context.page, name, _string(page.get(name), f"context.page.{name}"))
+            value = page.get(name)
+            if value is not None:
+                setattr(target, name, _string(value, f"context.page.{name}"))
     campaign = _object(data.get("campaign"), "context.campaign")
     if campaign:
+        target = context.campaign
         for name in _CAMPAIGN_FIELDS:
-            setattr(context.campaign, name, _string(campaign.get(name), f"context.campaign.{name}"))
+            value = campaign.get(name)
+            if value is not None:
+                setattr(target, name, _string(value, f"context.campaign.{name}"))
     traits = _object(data.get("traits"), "context.traits")
     if traits:
-        context.traits.update(traits)
+        update_struct(context.traits, traits)
     library = _object(data.get("library"), "context.library")
     if library:
         context.library_name = _string(library.get("name"), "context.library.name")
@@ -274,9 +320,9 @@ def _fill_context(context: event_pb2.Context, data: Mapping[str, Any]) -> None:
             if isinstance(version, int | float) and not isinstance(version, bool)
             else _string(version, "context.library.version")
         )
-    extra = {key: value for key, value in data.items() if key not in _KNOWN_CONTEXT}
-    if extra:
-        context.extra.update(extra)
+    if not data.keys() <= _KNOWN_CONTEXT:
+        extra = {key: value for key, value in data.items() if key not in _KNOWN_CONTEXT}
+        update_struct(context.extra, extra)
 
 
 def _external_ids(value: Any) -> list[identity_pb2.Identifier]:
@@ -310,20 +356,38 @@ class BatchDefaults:
     integrations: Mapping[str, Any] | None = None
 
 
+def _shape_ok(encoded: bytes, limits: ShapeLimits) -> bool:
+    """True when JSON text certainly holds no over-long string or key and no deep nesting.
+
+    No string or key is longer than the whole text (characters <= bytes), and nesting is at
+    most the number of `{` and `[` bytes (brackets inside strings only add to the count).
+    Non-finite numbers cannot occur: JSON has none and orjson refuses to parse overflowing
+    ones. False only means "walk the value".
+    """
+    return (
+        len(encoded) <= limits.max_string_length
+        and encoded.count(b"{") + encoded.count(b"[") <= limits.max_depth
+    )
+
+
 def from_segment_json(
     data: Any,
     *,
     implied_type: str | None,
     limits: ShapeLimits,
     defaults: BatchDefaults | None = None,
+    encoded: bytes | None = None,
 ) -> tuple[event_pb2.Event, int | None]:
     """Parse one Segment JSON event; returns the event and its `sentAt` (ns, None if absent).
 
-    Times are parsed but not yet corrected for clock skew; `finalize` does that.
+    Times are parsed but not yet corrected for clock skew; `finalize` does that. `encoded` is
+    the JSON text `data` was parsed from, or `orjson.dumps(data)`, when the caller has it: it
+    lets small, shallow events skip the walk of `check_json_shape` (see `_shape_ok`).
     """
     if not isinstance(data, dict):
         raise FieldError("", "an event must be a JSON object")
-    check_json_shape(data, "", limits)
+    if encoded is None or not _shape_ok(encoded, limits):
+        check_json_shape(data, "", limits)
     event = event_pb2.Event()
     type_name = data.get("type", data.get("action"))
     if implied_type is not None:
@@ -338,20 +402,33 @@ def from_segment_json(
         if not isinstance(message_id, str):
             raise FieldError("messageId", "must be a string")
         event.message_id = message_id.strip()
-    event.user_id = _identity(data.get("userId"), "userId")
-    event.anonymous_id = _identity(data.get("anonymousId"), "anonymousId")
-    event.event = _string(data.get("event"), "event")
-    event.name = _string(data.get("name"), "name")
-    event.group_id = _identity(data.get("groupId"), "groupId")
-    event.previous_id = _identity(data.get("previousId"), "previousId")
+    # Only the fields present are touched (setting "" would be the same, but slower).
+    value = data.get("userId")
+    if value is not None:
+        event.user_id = _identity(value, "userId")
+    value = data.get("anonymousId")
+    if value is not None:
+        event.anonymous_id = _identity(value, "anonymousId")
+    value = data.get("event")
+    if value is not None:
+        event.event = _string(value, "event")
+    value = data.get("name")
+    if value is not None:
+        event.name = _string(value, "name")
+    value = data.get("groupId")
+    if value is not None:
+        event.group_id = _identity(value, "groupId")
+    value = data.get("previousId")
+    if value is not None:
+        event.previous_id = _identity(value, "previousId")
     properties = _object(data.get("properties"), "properties")
     if properties:
-        event.properties.update(properties)
+        update_struct(event.properties, properties)
     if event.type == event_pb2.EVENT_TYPE_PAGE and "category" in data and data["category"]:
         event.properties["category"] = _string(data["category"], "category")
     traits = _object(data.get("traits"), "traits")
     if traits:
-        event.traits.update(traits)
+        update_struct(event.traits, traits)
     context = _object(data.get("context"), "context") or {}
     if defaults is not None and defaults.context:
         context = {**defaults.context, **context}
@@ -361,7 +438,7 @@ def from_segment_json(
     if integrations is None and defaults is not None and defaults.integrations:
         integrations = dict(defaults.integrations)
     if integrations:
-        event.integrations.update(integrations)
+        update_struct(event.integrations, integrations)
     for field, target in (("timestamp", "event_time"), ("originalTimestamp", "original_time")):
         if data.get(field) is not None:
             _set_stamp(getattr(event, target), datetime_ns(parse_time(data[field], field)))
@@ -395,67 +472,82 @@ def _raise_too_long(message: Any, names: tuple[str, ...], limit: int, prefix: st
 
 
 def check_proto_event(
-    event: event_pb2.Event, *, implied_type: int | None, limits: ShapeLimits
+    event: event_pb2.Event,
+    *,
+    implied_type: int | None,
+    limits: ShapeLimits,
+    size: int | None = None,
 ) -> tuple[event_pb2.Event, int | None]:
-    """Validate a gRPC event in place; returns it and its sent time (ns since the epoch)."""
+    """Validate a gRPC event in place; returns it and its sent time (ns since the epoch).
+
+    `size` is the event's serialized size when the caller knows it: no string of an event can
+    be longer than the event (characters <= bytes), so small events skip the length checks.
+    """
     if implied_type is not None:
         if event.type not in (event_pb2.EVENT_TYPE_UNSPECIFIED, implied_type):
             raise FieldError("type", f"must be {NAME_BY_TYPE[implied_type]} for this call")
         event.type = implied_type  # type: ignore[assignment]
-    for name in ("properties", "traits", "integrations"):
-        if event.HasField(name):
-            check_struct_shape(getattr(event, name), name, limits)
+    if event.HasField("properties"):
+        check_struct_shape(event.properties, "properties", limits)
+    if event.HasField("traits"):
+        check_struct_shape(event.traits, "traits", limits)
+    if event.HasField("integrations"):
+        check_struct_shape(event.integrations, "integrations", limits)
     longest = limits.max_string_length
+    long_strings = size is None or size > longest
     if event.HasField("context"):
         context = event.context
         if context.HasField("traits"):
             check_struct_shape(context.traits, "context.traits", limits)
         if context.HasField("extra"):
             check_struct_shape(context.extra, "context.extra", limits)
-        if (
-            max(
-                len(context.ip),
-                len(context.user_agent),
-                len(context.locale),
-                len(context.timezone),
-                len(context.library_name),
-            )
-            > longest
-        ):
-            _raise_too_long(context, _CONTEXT_STRINGS, longest, "context.")
-        if context.HasField("page"):
-            page = context.page
+        if long_strings:
             if (
-                max(len(page.url), len(page.path), len(page.referrer), len(page.search)) > longest
-                or len(page.title) > longest
+                max(
+                    len(context.ip),
+                    len(context.user_agent),
+                    len(context.locale),
+                    len(context.timezone),
+                    len(context.library_name),
+                )
+                > longest
             ):
-                _raise_too_long(page, _PAGE_FIELDS, longest, "context.page.")
-    if max(len(event.event), len(event.name)) > longest:
+                _raise_too_long(context, _CONTEXT_STRINGS, longest, "context.")
+            if context.HasField("page"):
+                page = context.page
+                if (
+                    max(len(page.url), len(page.path), len(page.referrer), len(page.search))
+                    > longest
+                    or len(page.title) > longest
+                ):
+                    _raise_too_long(page, _PAGE_FIELDS, longest, "context.page.")
+    if long_strings and max(len(event.event), len(event.name)) > longest:
         _raise_too_long(event, ("event", "name"), longest, "")
-    if (
-        max(
-            len(event.user_id),
-            len(event.anonymous_id),
-            len(event.group_id),
-            len(event.previous_id),
-        )
-        > MAX_ID_LENGTH
-    ):
+    if (size is None or size > MAX_ID_LENGTH) and max(
+        len(event.user_id),
+        len(event.anonymous_id),
+        len(event.group_id),
+        len(event.previous_id),
+    ) > MAX_ID_LENGTH:
         _raise_too_long(
             event, ("user_id", "anonymous_id", "group_id", "previous_id"), MAX_ID_LENGTH, ""
         )
-    for name, present, stamp in (
-        ("event_time", event.HasField("event_time"), event.event_time),
-        ("sent_time", event.HasField("sent_time"), event.sent_time),
-        ("original_time", event.HasField("original_time"), event.original_time),
-    ):
-        if present:
-            if not 0 <= stamp.nanos < _NS:
-                raise FieldError(name, "is not a valid timestamp")
-            if not 0 <= stamp.seconds < _LATEST_SECONDS:
-                raise FieldError(name, "is outside the years 1970 to 9999")
-    sent = _stamp_ns(event.sent_time) if event.HasField("sent_time") else None
+    if event.HasField("event_time"):
+        _check_stamp(event.event_time, "event_time")
+    sent = None
+    if event.HasField("sent_time"):
+        _check_stamp(event.sent_time, "sent_time")
+        sent = _stamp_ns(event.sent_time)
+    if event.HasField("original_time"):
+        _check_stamp(event.original_time, "original_time")
     return event, sent
+
+
+def _check_stamp(stamp: Any, name: str) -> None:
+    if not 0 <= stamp.nanos < _NS:
+        raise FieldError(name, "is not a valid timestamp")
+    if not 0 <= stamp.seconds < _LATEST_SECONDS:
+        raise FieldError(name, "is outside the years 1970 to 9999")
 
 
 def finalize(
@@ -480,28 +572,32 @@ def finalize(
     def name(segment_name: str) -> str:
         return PROTO_NAMES.get(segment_name, segment_name) if proto_names else segment_name
 
-    if event.type == event_pb2.EVENT_TYPE_UNSPECIFIED:
+    kind = event.type
+    if kind == event_pb2.EVENT_TYPE_UNSPECIFIED:
         raise FieldError(name("type"), "is required")
-    if len(event.message_id) > MAX_ID_LENGTH:
-        raise FieldError(name("messageId"), f"longer than {MAX_ID_LENGTH} characters")
-    if not event.message_id:
+    message_id = event.message_id
+    if not message_id:
         event.message_id = f"upm-{uuid.uuid4()}"
-    if event.type == event_pb2.EVENT_TYPE_ALIAS:
+    elif len(message_id) > MAX_ID_LENGTH:
+        raise FieldError(name("messageId"), f"longer than {MAX_ID_LENGTH} characters")
+    if kind == event_pb2.EVENT_TYPE_ALIAS:
         if not event.user_id:
             raise FieldError(name("userId"), "is required for alias")
         if not event.previous_id:
             raise FieldError(name("previousId"), "is required for alias")
     elif not event.user_id and not event.anonymous_id:
         raise FieldError(name("userId"), "userId or anonymousId is required")
-    if event.type == event_pb2.EVENT_TYPE_TRACK and not event.event.strip():
+    if kind == event_pb2.EVENT_TYPE_TRACK and not event.event.strip():
         raise FieldError(name("event"), "is required for track")
-    if event.type == event_pb2.EVENT_TYPE_GROUP and not event.group_id:
+    if kind == event_pb2.EVENT_TYPE_GROUP and not event.group_id:
         raise FieldError(name("groupId"), "is required for group")
-    client_time: int | None = None
+    event_time = event.event_time
     if event.HasField("event_time"):
-        client_time = _stamp_ns(event.event_time)
+        client_time: int | None = event_time.seconds * _NS + event_time.nanos
     elif event.HasField("original_time"):
         client_time = _stamp_ns(event.original_time)
+    else:
+        client_time = None
     if client_time is None:
         corrected = received
     else:
@@ -510,10 +606,11 @@ def finalize(
         corrected = client_time + (received - sent_at if sent_at is not None else 0)
         if not 0 <= corrected < _LATEST_SECONDS * _NS:
             raise FieldError(name("sentAt"), "is too far from the receive time")
-    _set_stamp(event.event_time, corrected)
+    event_time.seconds, event_time.nanos = divmod(corrected, _NS)
     if sent_at is not None:
         _set_stamp(event.sent_time, sent_at)
-    _set_stamp(event.received_time, received)
+    stamp = event.received_time
+    stamp.seconds, stamp.nanos = divmod(received, _NS)
     event.source_id = source_id
     return event
 

@@ -12,7 +12,7 @@ from upm.ingest.v1 import ingest_service_pb2 as pb
 from upm.ingest.v1 import ingest_service_pb2_grpc as pb_grpc
 from upm_common.errors import InvalidArgumentError, UnauthenticatedError
 from upm_ingest.events import FieldError, ShapeLimits, check_proto_event, finalize
-from upm_ingest.pipeline import Candidate, Ingestor, received_now
+from upm_ingest.pipeline import Candidate, Ingestor, Result, received_now
 from upm_ingest.sources import Source, SourceRegistry
 from upm_ingest.store import SourceLimitOverrides, SourceRecord
 
@@ -49,6 +49,25 @@ def write_key_from_metadata(metadata: Any) -> str:
     return ""
 
 
+def batch_response(results: list[Result]) -> pb.BatchIngestResponse:
+    """The response of a batch (`results.add` is several times faster than building a list of
+    EventResult messages first)."""
+    response = pb.BatchIngestResponse()
+    add = response.results.add
+    for result in results:
+        if result.reason or result.field:
+            add(
+                index=result.index,
+                message_id=result.message_id,
+                status=result.status,
+                reason=result.reason,
+                field=result.field,
+            )
+        else:
+            add(index=result.index, message_id=result.message_id, status=result.status)
+    return response
+
+
 class IngestServicer(pb_grpc.IngestServiceServicer):
     """Implements upm.ingest.v1.IngestService on top of the pipeline."""
 
@@ -77,7 +96,11 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
         return self._registry.internal
 
     def _candidate(
-        self, event: event_pb2.Event, implied_type: int | None, source: Source
+        self,
+        event: event_pb2.Event,
+        implied_type: int | None,
+        source: Source,
+        received: int | None = None,
     ) -> Candidate:
         try:
             size = event.ByteSize()
@@ -85,11 +108,13 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
                 raise FieldError(
                     "", f"event of {size} bytes exceeds {source.limits.max_event_bytes}"
                 )
-            checked, sent = check_proto_event(event, implied_type=implied_type, limits=self._shape)
+            checked, sent = check_proto_event(
+                event, implied_type=implied_type, limits=self._shape, size=size
+            )
             final = finalize(
                 checked,
                 sent_at=sent,
-                received=received_now(),
+                received=received_now() if received is None else received,
                 source_id=source.source_id,
                 proto_names=True,
             )
@@ -155,9 +180,10 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
         source = await self._source(context)
         self._check_batch(source, request.events, "events")
         self._ingestor.check_rate(source, len(request.events))
-        candidates = [self._candidate(event, None, source) for event in request.events]
+        received = received_now()
+        candidates = [self._candidate(event, None, source, received) for event in request.events]
         results = await self._ingestor.submit(source, candidates)
-        return pb.BatchIngestResponse(results=[r.to_proto() for r in results])
+        return batch_response(results)
 
     async def StreamIngest(  # noqa: N802
         self,
@@ -172,7 +198,8 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
         async for chunk in request_iterator:
             self._check_batch(source, chunk.events, "events")
             await self._ingestor.wait_rate(source, len(chunk.events))
-            candidates = [self._candidate(event, None, source) for event in chunk.events]
+            received = received_now()
+            candidates = [self._candidate(event, None, source, received) for event in chunk.events]
             for result in await self._ingestor.submit(source, candidates, door="stream"):
                 if result.status == pb.EVENT_RESULT_STATUS_ACCEPTED:
                     response.accepted_count += 1
