@@ -26,8 +26,12 @@ def generate(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
     well_known = Path(grpc_tools.__file__).parent / "_proto"
+    # The mypy-protobuf plugins live beside this interpreter, which need not be on PATH.
+    scripts = Path(sys.executable).parent
     args = [
         "grpc_tools.protoc",
+        f"--plugin=protoc-gen-mypy={scripts / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={scripts / 'protoc-gen-mypy_grpc'}",
         f"-I{PROTOS}",
         f"-I{well_known}",
         f"--python_out={out}",
