@@ -22,11 +22,13 @@ START, END = "<!-- settings-table:start -->", "<!-- settings-table:end -->"
 
 
 def _default(field: Any) -> str:
-    if field.default is PydanticUndefined:
-        return "*(required)*"
-    if field.default is None:
-        return "*(unset)*"
     value = field.default
+    if value is PydanticUndefined and field.default_factory is not None:
+        value = field.default_factory()
+    if value is PydanticUndefined:
+        return "*(required)*"
+    if value is None:
+        return "*(unset)*"
     if isinstance(value, bool):
         value = str(value).lower()
     if isinstance(value, list | tuple):
@@ -54,6 +56,9 @@ def render() -> str:
     lines = ["| variable | services | default | what it sets |", "|---|---|---|---|"]
     for variable, row in rows.items():
         defaults = row["defaults"]
+        if len(defaults) == len(SERVICES) + 1:
+            # Every service sets its own default: the shared one is never used.
+            defaults = {k: v for k, v in defaults.items() if k != "all"}
         if len(set(defaults.values())) <= 1:
             default = next(iter(defaults.values()), "")
         else:
