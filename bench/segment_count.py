@@ -7,12 +7,21 @@ with COPY from the seeded generator in bench/segment_datagen.py), and 100,000 pr
 For each database: the median time of `SELECT count(*) FROM profile_events` and of the counts of
 three segments (the issue's, a 2-condition and an 8-condition one) compiled by the segment
 service's SQL compiler, with the ratio of each count to the bare scan. Queries run warm (one
-unmeasured run first). Run: `python -m bench.segment_count [--smoke]`.
+unmeasured run first). Run: `python -m bench.segment_count [--smoke] [--cache]`.
+
+Loading 10,000,000 events takes minutes, so the PostgreSQL dataset can be cached between runs:
+with `--cache` (or UPM_BENCH_SEGMENT_CACHE=1) the database is named after the size, seed and
+`DATA_VERSION` (bump it when the generator changes), kept after the run and reused by the next
+one only if its marker table `bench_segment_dataset` says the load completed with the same row
+counts; otherwise it is dropped and rebuilt. The profile migrations are applied to a reused
+database too (so new indexes appear), followed by VACUUM ANALYZE. Drop cached databases with
+`DROP DATABASE upm_bench_segment_p<profiles>_s<seed>_<version>`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import statistics
 import tempfile
@@ -43,6 +52,8 @@ from upm_profile.store import tables as t
 from upm_segment.compile import SqlCompiler, prepare_read
 from upm_segment.text import parse
 
+SEED = 7
+DATA_VERSION = "v1"
 SEGMENTS = {
     "issue": (
         'performed("Order Completed").count(every month, last 2 months) >= 1 and '
@@ -84,37 +95,70 @@ def _server_url() -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-async def _admin(sql: str) -> None:
+async def _connect(url: str, database: str | None = None) -> Any:
     import asyncpg
 
-    parsed = make_url(_server_url())
-    conn = await asyncpg.connect(
+    parsed = make_url(url)
+    return await asyncpg.connect(
         host=parsed.host,
         port=parsed.port or 5432,
         user=parsed.username,
         password=parsed.password,
-        database="postgres",
+        database=database or parsed.database,
     )
+
+
+async def _admin(sql: str, *args: Any) -> Any:
+    conn = await _connect(_server_url(), "postgres")
     try:
-        await conn.execute(sql)
+        return await conn.fetchval(sql, *args)
+    finally:
+        await conn.close()
+
+
+def _cache_enabled() -> bool:
+    return os.environ.get("UPM_BENCH_SEGMENT_CACHE", "").lower() not in ("", "0", "false", "no")
+
+
+async def _cached_totals(url: str, profiles: int) -> dict[str, int] | None:
+    """The row counts of a completed cached load of this size and seed, else None."""
+    conn = await _connect(url)
+    try:
+        if not await conn.fetchval("SELECT to_regclass('bench_segment_dataset') IS NOT NULL"):
+            return None
+        row = await conn.fetchrow("SELECT profiles, seed, totals FROM bench_segment_dataset")
+        if row is None or row["profiles"] != profiles or row["seed"] != SEED:
+            return None
+        totals: dict[str, int] = json.loads(row["totals"])
+        for table, key, _ in TABLES:
+            if await conn.fetchval(f"SELECT count(*) FROM {table}") != totals.get(key, 0):
+                return None
+        return totals
+    finally:
+        await conn.close()
+
+
+async def _mark_complete(url: str, profiles: int, totals: dict[str, int]) -> None:
+    conn = await _connect(url)
+    try:
+        await conn.execute(
+            "CREATE TABLE bench_segment_dataset (profiles int, seed int, totals text)"
+        )
+        await conn.execute(
+            "INSERT INTO bench_segment_dataset VALUES ($1, $2, $3)",
+            profiles,
+            SEED,
+            json.dumps(totals),
+        )
     finally:
         await conn.close()
 
 
 async def _load_postgres(url: str, profiles: int) -> dict[str, int]:
-    import asyncpg
-
-    parsed = make_url(url)
-    conn = await asyncpg.connect(
-        host=parsed.host,
-        port=parsed.port or 5432,
-        user=parsed.username,
-        password=parsed.password,
-        database=parsed.database,
-    )
+    conn = await _connect(url)
     totals: dict[str, int] = {}
     try:
-        for chunk in generate(profiles, chunk_size=50_000):
+        for chunk in generate(profiles, seed=SEED, chunk_size=50_000):
             for table, key, columns in TABLES:
                 rows = getattr(chunk, key)
                 if rows:
@@ -128,7 +172,7 @@ async def _load_postgres(url: str, profiles: int) -> dict[str, int]:
 
 async def _load_sqlite(engine: AsyncEngine, profiles: int) -> dict[str, int]:
     totals: dict[str, int] = {}
-    for chunk in generate(profiles, chunk_size=20_000, json_text=False):
+    for chunk in generate(profiles, seed=SEED, chunk_size=20_000, json_text=False):
         async with engine.begin() as conn:
             for _, key, columns in TABLES:
                 rows = getattr(chunk, key)
@@ -184,23 +228,42 @@ async def _measure(engine: AsyncEngine, runs: int) -> dict[str, Any]:
     return figures
 
 
-async def bench_postgres(profiles: int, runs: int) -> dict[str, Any]:
-    name = f"upm_bench_segment_{uuid.uuid4().hex[:8]}"
-    await _admin(f'CREATE DATABASE "{name}"')
+async def bench_postgres(profiles: int, runs: int, *, cache: bool = False) -> dict[str, Any]:
+    if cache:
+        name = f"upm_bench_segment_p{profiles}_s{SEED}_{DATA_VERSION}"
+    else:
+        name = f"upm_bench_segment_{uuid.uuid4().hex[:8]}"
     url = make_url(_server_url()).set(database=name).render_as_string(hide_password=False)
-    async_url = url.replace("postgresql://", "postgresql+asyncpg://", 1)
-    engine = create_engine(async_url)
+    totals: dict[str, int] | None = None
+    if cache and await _admin("SELECT 1 FROM pg_database WHERE datname = $1", name):
+        totals = await _cached_totals(url, profiles)
+        if totals is None:
+            await _admin(f'DROP DATABASE "{name}" WITH (FORCE)')
+    if totals is None:
+        await _admin(f'CREATE DATABASE "{name}"')
+    engine = create_engine(url.replace("postgresql://", "postgresql+asyncpg://", 1))
     try:
         await upgrade(engine, "profile")
         started = time.perf_counter()
-        totals = await _load_postgres(url, profiles)
+        reused = totals is not None
+        if totals is None:
+            totals = await _load_postgres(url, profiles)
+            if cache:
+                await _mark_complete(url, profiles, totals)
+        else:
+            conn = await _connect(url)
+            try:
+                await conn.execute("VACUUM ANALYZE")
+            finally:
+                await conn.close()
         load_seconds = time.perf_counter() - started
         figures = await _measure(engine, runs)
         return {"profiles": profiles, "rows": totals, "load_seconds": round(load_seconds, 1),
-                **figures}  # fmt: skip
+                "cached_data": reused, **figures}  # fmt: skip
     finally:
         await engine.dispose()
-        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if not cache:
+            await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def bench_sqlite(profiles: int, runs: int) -> dict[str, Any]:
@@ -218,18 +281,19 @@ async def bench_sqlite(profiles: int, runs: int) -> dict[str, Any]:
             await engine.dispose()
 
 
-async def run(smoke: bool) -> dict[str, Any]:
+async def run(smoke: bool, *, cache: bool | None = None) -> dict[str, Any]:
     """The benchmark's figures (see the module docstring)."""
     runs = 1 if smoke else 5
+    cache = _cache_enabled() if cache is None else cache
     return {
         "target": "each count under 1 s (goal 0.5 s) and at most 3x count(*) on PostgreSQL",
-        "postgres": await bench_postgres(500 if smoke else 1_000_000, runs),
+        "postgres": await bench_postgres(500 if smoke else 1_000_000, runs, cache=cache),
         "sqlite": await bench_sqlite(300 if smoke else 100_000, runs),
     }
 
 
 if __name__ == "__main__":
-    import json
     import sys
 
-    print(json.dumps(asyncio.run(run("--smoke" in sys.argv)), indent=2))
+    result = asyncio.run(run("--smoke" in sys.argv, cache=True if "--cache" in sys.argv else None))
+    print(json.dumps(result, indent=2))

@@ -13,23 +13,26 @@ code-point order like SQLite's BINARY and Python.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    CompoundSelect,
     Float,
     Select,
     and_,
     case,
     cast,
+    except_,
     false,
     func,
+    intersect,
     literal,
     not_,
-    or_,
     select,
-    true,
+    union,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -42,7 +45,62 @@ from upm_segment import model as m
 from upm_segment.evaluate import period_bounds
 
 Predicate = ColumnElement[bool]
+IdSet = Select[Any] | CompoundSelect[Any]
 WORK_MEM = "64MB"
+
+
+@dataclass(frozen=True)
+class _Set:
+    """A node compiled to a set of profile ids: the members are the ids in `ids`, or, when
+    `negated`, every live profile except those ids. A leaf's positive set also offers
+    `restrict(within)`: the same set computed only over the rows of profiles in `within`
+    (a hashed semi-join on the leaf's own index range), which an AND chains from its cheapest
+    conditions (`rank` 0: traits, consents, identifiers; 1: windowed events; 2: all events)
+    to its dearest, so that each condition is evaluated once, on fewer and fewer rows."""
+
+    ids: IdSet
+    negated: bool = False
+    restrict: Callable[[IdSet], IdSet] | None = None
+    rank: int = 0
+    grouped: _Grouped | None = None
+
+    def flip(self) -> _Set:
+        return _Set(self.ids, not self.negated)
+
+
+Having = Callable[[Predicate | None], Predicate]
+
+
+@dataclass(frozen=True)
+class _Grouped:
+    """A grouped event set's parts: conditions of an AND over the same index range (`key`:
+    name, type and window) share one scan and one GROUP BY, their tests ANDed in HAVING."""
+
+    key: tuple[Any, ...]
+    rows: list[Predicate]
+    filters: list[Predicate]
+    having: Having
+
+
+def _operand(ids: IdSet) -> Select[Any]:
+    """A set usable inside another compound select (SQLite rejects nested parentheses)."""
+    if isinstance(ids, CompoundSelect):
+        inner = ids.subquery()
+        return select(inner.c[0])
+    return ids
+
+
+def _intersect(sets: Sequence[IdSet]) -> IdSet:
+    return sets[0] if len(sets) == 1 else intersect(*(_operand(s) for s in sets))
+
+
+def _union(sets: Sequence[IdSet]) -> IdSet:
+    return sets[0] if len(sets) == 1 else union(*(_operand(s) for s in sets))
+
+
+def _except(kept: IdSet, removed: IdSet) -> IdSet:
+    return except_(_operand(kept), _operand(removed))
+
 
 _TRAIT_COLUMNS = {
     "string": t.traits.c.text_value,
@@ -93,17 +151,29 @@ class SqlCompiler:
     # --- public queries ---------------------------------------------------------------------
 
     def predicate(self, condition: m.Condition) -> Predicate:
-        return self._node(condition)
+        """`profile_profiles.id` is a member: every condition is evaluated once as a set of
+        profile ids (index ranges of its own table), combined with INTERSECT / UNION / EXCEPT,
+        and the profile table is joined to the result once."""
+        found = self._set(condition)
+        inside = t.profiles.c.id.in_(found.ids)
+        return not_(inside) if found.negated else inside
 
     def live(self) -> Predicate:
         return t.profiles.c.merged_into.is_(None)
 
     def count_query(self, condition: m.Condition) -> Select[int]:
-        return (
-            select(func.count())
-            .select_from(t.profiles)
-            .where(self.live(), self.predicate(condition))
-        )
+        """The number of members. A positive set is counted on its own, without joining the
+        profile table: the read model holds rows only for live profiles (a merge moves the
+        loser's identifiers and events to the winner and drops its traits and consents), and
+        every set is duplicate-free (keys, GROUP BY, DISTINCT or set operators)."""
+        found = self._set(condition)
+        if found.negated:
+            return (
+                select(func.count())
+                .select_from(t.profiles)
+                .where(self.live(), t.profiles.c.id.not_in(found.ids))
+            )
+        return select(func.count()).select_from(_operand(found.ids).subquery())
 
     def members_query(
         self, condition: m.Condition, *, after: str | None = None, limit: int | None = None
@@ -133,19 +203,24 @@ class SqlCompiler:
 
     # --- nodes ------------------------------------------------------------------------------
 
-    def _node(self, node: m.Condition) -> Predicate:
+    def _set(self, node: m.Condition) -> _Set:
         if isinstance(node, m.And):
-            return and_(true(), *(self._node(c) for c in node.conditions))
+            return self._and([self._set(c) for c in node.conditions])
         if isinstance(node, m.Or):
-            return or_(false(), *(self._node(c) for c in node.conditions))
+            return self._or([self._set(c) for c in node.conditions])
         if isinstance(node, m.Not):
-            return not_(self._node(node.condition))
+            return self._set(node.condition).flip()
         if isinstance(node, m.TraitCondition):
             return self._trait(node)
         if isinstance(node, m.IdentifierCondition):
-            ids = select(t.identifiers.c.profile_id).where(t.identifiers.c.type == node.type)
-            has = t.profiles.c.id.in_(ids)
-            return has if node.present else not_(has)
+            ids = (
+                select(t.identifiers.c.profile_id)
+                .where(t.identifiers.c.type == node.type)
+                .distinct()  # a profile may hold several identifiers of a type
+            )
+            if not node.present:
+                return _Set(ids, negated=True)
+            return self._leaf(ids, t.identifiers.c.profile_id)
         if isinstance(node, m.ConsentCondition):
             return self._consent(node)
         if isinstance(node, m.EventCondition):
@@ -153,6 +228,67 @@ class SqlCompiler:
         if isinstance(node, m.AggregateCondition):
             return self._aggregate(node)
         raise ValueError("segment references must be resolved before compiling")
+
+    @staticmethod
+    def _empty() -> IdSet:
+        return select(t.profiles.c.id).where(false())
+
+    def _and(self, parts: list[_Set]) -> _Set:
+        """Compound positive sets intersected, then the leaves' positive sets chained from the
+        cheapest (each restricted to the ids passing the ones before), then the negated sets
+        removed with EXCEPT."""
+        compound = [p.ids for p in parts if not p.negated and p.restrict is None]
+        chained = [p for p in parts if p.restrict is not None and p.grouped is None]
+        same_range: dict[tuple[Any, ...], list[_Set]] = {}
+        for part in parts:
+            if part.restrict is not None and part.grouped is not None:
+                same_range.setdefault(part.grouped.key, []).append(part)
+        for group in same_range.values():
+            chained.append(group[0] if len(group) == 1 else self._shared_scan(group))
+        chained.sort(key=lambda p: p.rank)
+        removed = [p.ids for p in parts if p.negated]
+        kept: IdSet | None = _intersect(compound) if compound else None
+        for part in chained:
+            assert part.restrict is not None
+            kept = part.ids if kept is None else part.restrict(kept)
+        if kept is None:
+            return _Set(_union(removed) if removed else self._empty(), negated=True)
+        if removed:
+            kept = _except(kept, _union(removed))
+        return _Set(kept)
+
+    @staticmethod
+    def _shared_scan(parts: list[_Set]) -> _Set:
+        """One GROUP BY over a shared index range for several grouped conditions."""
+        groups = [p.grouped for p in parts if p.grouped is not None]
+        events = t.events
+
+        def build(within: IdSet | None) -> IdSet:
+            where = list(groups[0].rows)
+            if within is not None:
+                where.append(events.c.profile_id.in_(_operand(within)))
+            tests = [g.having(and_(*g.filters) if g.filters else None) for g in groups]
+            query = select(events.c.profile_id).where(*where).group_by(events.c.profile_id)
+            return query.having(and_(*tests))
+
+        return _Set(build(None), restrict=build, rank=min(p.rank for p in parts))
+
+    @staticmethod
+    def _leaf(ids: Select[Any], column: Any) -> _Set:
+        """A positive leaf set of `column` values, restrictable with `column IN (within)`."""
+        return _Set(ids, restrict=lambda within: ids.where(column.in_(_operand(within))))
+
+    def _or(self, parts: list[_Set]) -> _Set:
+        """Union of positive sets; with negated parts, the complement of (negated ids in
+        every negated part, minus every positive part)."""
+        added = [p.ids for p in parts if not p.negated]
+        negated = [p.ids for p in parts if p.negated]
+        if not negated:
+            return _Set(_union(added) if added else self._empty())
+        outside = _intersect(negated)
+        if added:
+            outside = _except(outside, _union(added))
+        return _Set(outside, negated=True)
 
     def _text_order(self, column: Any) -> Any:
         return column.collate("C") if self.postgres else column
@@ -163,13 +299,15 @@ class SqlCompiler:
             return found > 0
         return func.substr(column, 1, len(value)) == value
 
-    def _trait(self, node: m.TraitCondition) -> Predicate:
+    def _trait(self, node: m.TraitCondition) -> _Set:
         traits = t.traits
         base = select(traits.c.profile_id).where(traits.c.name == node.name)
         operator = node.operator
         if operator in (m.Operator.EXISTS, m.Operator.NOT_EXISTS):
-            inside = t.profiles.c.id.in_(base.where(traits.c.value_type != "null"))
-            return inside if operator is m.Operator.EXISTS else not_(inside)
+            present = base.where(traits.c.value_type != "null")
+            if operator is m.Operator.NOT_EXISTS:
+                return _Set(present, negated=True)
+            return self._leaf(present, traits.c.profile_id)
         kind = m.value_kind(node.values[0])
         column: Any = _TRAIT_COLUMNS[kind]
         positive = m.Operator.EQ if operator is m.Operator.NEQ else operator
@@ -180,17 +318,19 @@ class SqlCompiler:
             if kind == "string" and positive in (*m.ORDER_OPERATORS, m.Operator.BETWEEN):
                 column = self._text_order(column)
             test = _cmp(positive, column, node.values)
-        inside = t.profiles.c.id.in_(base.where(traits.c.value_type == kind, test))
-        return not_(inside) if operator is m.Operator.NEQ else inside
+        holding = base.where(traits.c.value_type == kind, test)
+        if operator is m.Operator.NEQ:
+            return _Set(holding, negated=True)
+        return self._leaf(holding, traits.c.profile_id)
 
-    def _consent(self, node: m.ConsentCondition) -> Predicate:
+    def _consent(self, node: m.ConsentCondition) -> _Set:
         consents = t.consents
         base = select(consents.c.profile_id).where(
             consents.c.channel == node.channel, consents.c.purpose == node.purpose
         )
         if node.status == "unknown":
-            return not_(t.profiles.c.id.in_(base.where(consents.c.status != "unknown")))
-        return t.profiles.c.id.in_(base.where(consents.c.status == node.status))
+            return _Set(base.where(consents.c.status != "unknown"), negated=True)
+        return self._leaf(base.where(consents.c.status == node.status), consents.c.profile_id)
 
     # --- JSON properties ----------------------------------------------------------------------
 
@@ -246,12 +386,14 @@ class SqlCompiler:
 
     def _rows(
         self, node: m.EventCondition | m.AggregateCondition, window: m.Window | None
-    ) -> list[Predicate]:
+    ) -> tuple[list[Predicate], list[Predicate], tuple[Any, ...]]:
+        """The index range of the node's rows (name, type, window) and its row filters
+        (property filters), separately: filters can move into the aggregates so that they
+        are evaluated only on rows of profiles that pass the other conditions."""
         events = t.events
         where: list[Predicate] = [events.c.name == node.name]
         if isinstance(node, m.EventCondition) and node.event_type is not None:
             where.append(events.c.type == node.event_type)
-        where += [self._filter(item) for item in node.filters]
         if isinstance(window, m.RelativeWindow):
             where += [
                 events.c.event_time > self._time(self.now - window.duration),
@@ -262,39 +404,74 @@ class SqlCompiler:
                 events.c.event_time >= self._time(window.start),
                 events.c.event_time < self._time(window.end),
             ]
-        return where
+        event_type = node.event_type if isinstance(node, m.EventCondition) else None
+        key = (node.name, event_type, window)
+        return where, [self._filter(item) for item in node.filters], key
 
     @staticmethod
     def _time(moment: datetime) -> Any:
         return literal(moment, UtcDateTime)
 
-    def _grouped(self, where: list[Predicate], having: Predicate, zero_passes: bool) -> Predicate:
+    @staticmethod
+    def _when(condition: Predicate | None, value: Any) -> Any:
+        return value if condition is None else case((condition, value), else_=None)
+
+    def _grouped(
+        self,
+        rows: list[Predicate],
+        filters: list[Predicate],
+        key: tuple[Any, ...],
+        having: Having,
+        *,
+        zero_passes: bool,
+        rank: int,
+    ) -> _Set:
         """Profiles whose matching rows pass `having`; `zero_passes` says whether a profile
-        with no matching row passes too."""
+        with no matching row passes too (then the set is the complement of the failing ones).
+        `having(condition)` builds the test with the aggregates counting only rows meeting
+        `condition` (None: every row). Restricted to the ids of other conditions, the rows are
+        the index range joined to those ids, and the filters move into the aggregates."""
         events = t.events
+
+        def build(within: IdSet | None) -> IdSet:
+            if within is None or not filters:
+                where, condition = [*rows, *filters], None
+            else:
+                where, condition = list(rows), and_(*filters)
+            if within is not None:
+                where.append(events.c.profile_id.in_(_operand(within)))
+            query = select(events.c.profile_id).where(*where).group_by(events.c.profile_id)
+            return query.having(having(condition))
+
         if zero_passes:
             failing = (
                 select(events.c.profile_id)
-                .where(*where)
+                .where(*rows, *filters)
                 .group_by(events.c.profile_id)
-                .having(not_(having))
+                .having(not_(having(None)))
             )
-            return not_(t.profiles.c.id.in_(failing))
-        passing = (
-            select(events.c.profile_id).where(*where).group_by(events.c.profile_id).having(having)
-        )
-        return t.profiles.c.id.in_(passing)
+            return _Set(failing, negated=True)
+        grouped = _Grouped(key, rows, filters, having)
+        return _Set(build(None), restrict=build, rank=rank, grouped=grouped)
 
-    def _event(self, node: m.EventCondition) -> Predicate:
+    def _event(self, node: m.EventCondition) -> _Set:
         measure = node.measure
         events = t.events
+        rank = 1 if node.window is not None else 2
         if isinstance(measure, m.FirstLastMeasure):
             bound = measure.bound
-            column = events.c.event_time
-            moment = func.min(column) if measure.which == "first" else func.max(column)
             point = self._time(bound.point(self.now))
-            test = moment <= point if bound.relation == "before" else moment > point
-            return self._grouped(self._rows(node, node.window), test, zero_passes=False)
+            first = measure.which == "first"
+
+            def moment_test(condition: Predicate | None) -> Predicate:
+                time = self._when(condition, events.c.event_time)
+                moment: Any = func.min(time) if first else func.max(time)
+                test: Predicate = moment <= point if bound.relation == "before" else moment > point
+                return test
+
+            return self._grouped(
+                *self._rows(node, node.window), moment_test, zero_passes=False, rank=rank
+            )
         comparison = measure.comparison
         zero_passes = comparison.holds(0.0)
         if measure.every is None:
@@ -308,48 +485,63 @@ class SqlCompiler:
                 fast = select(counts.c.profile_id).where(
                     counts.c.name == node.name, _comparison(comparison, counts.c.count)
                 )
-                return t.profiles.c.id.in_(fast)
+                return self._leaf(fast, counts.c.profile_id)
+
+            def count_test(condition: Predicate | None) -> Predicate:
+                number = func.count() if condition is None else func.count(case((condition, 1)))
+                return _comparison(comparison, number)
+
             return self._grouped(
-                self._rows(node, node.window), _comparison(comparison, func.count()), zero_passes
+                *self._rows(node, node.window), count_test, zero_passes=zero_passes, rank=rank
             )
         bounds = period_bounds(measure.every, self.now)
         oldest = bounds[-1][0]
-        where = [
-            *self._rows(node, None),
-            events.c.event_time > self._time(oldest),
-            events.c.event_time <= self._time(self.now),
-        ]
-        tests = []
-        for start, end in bounds:
-            in_period = and_(
-                events.c.event_time > self._time(start), events.c.event_time <= self._time(end)
-            )
-            per_period = func.sum(case((in_period, 1), else_=0))
-            tests.append(_comparison(comparison, per_period))
-        return self._grouped(where, and_(*tests), zero_passes)
+        rows, filters, key = self._rows(node, m.RelativeWindow(self.now - oldest))
 
-    def _aggregate(self, node: m.AggregateCondition) -> Predicate:
-        where = self._rows(node, node.window)
+        def periods_test(condition: Predicate | None) -> Predicate:
+            tests = []
+            for start, end in bounds:
+                in_period = and_(
+                    events.c.event_time > self._time(start),
+                    events.c.event_time <= self._time(end),
+                )
+                counted = in_period if condition is None else and_(in_period, condition)
+                per_period = func.sum(case((counted, 1), else_=0))
+                tests.append(_comparison(comparison, per_period))
+            return and_(*tests)
+
+        return self._grouped(rows, filters, key, periods_test, zero_passes=zero_passes, rank=1)
+
+    def _aggregate(self, node: m.AggregateCondition) -> _Set:
+        rows, filters, key = self._rows(node, node.window)
         function = node.function
         value: Any = None
         if node.property:
-            where.append(self._json_is(node.property, "number"))
+            filters.append(self._json_is(node.property, "number"))
             value = self._json_value(node.property, "number")
-        if function is m.AggregateFunction.COUNT:
-            statistic: Any = func.count()
-        elif function is m.AggregateFunction.SUM:
-            statistic = func.sum(value)
-        elif function is m.AggregateFunction.AVG:
-            statistic = func.avg(value)
-        elif function is m.AggregateFunction.MIN:
-            statistic = func.min(value)
-        else:
-            statistic = func.max(value)
+
+        def statistic_test(condition: Predicate | None) -> Predicate:
+            statistic: Any
+            if function is m.AggregateFunction.COUNT:
+                statistic = func.count() if condition is None else func.count(case((condition, 1)))
+            else:
+                operand = self._when(condition, value)
+                if function is m.AggregateFunction.SUM:
+                    statistic = func.sum(operand)
+                elif function is m.AggregateFunction.AVG:
+                    statistic = func.avg(operand)
+                elif function is m.AggregateFunction.MIN:
+                    statistic = func.min(operand)
+                else:
+                    statistic = func.max(operand)
+            return _comparison(node.comparison, statistic)
+
         zero_passes = function in (
             m.AggregateFunction.COUNT,
             m.AggregateFunction.SUM,
         ) and node.comparison.holds(0.0)
-        return self._grouped(where, _comparison(node.comparison, statistic), zero_passes)
+        rank = 1 if node.window is not None else 2
+        return self._grouped(rows, filters, key, statistic_test, zero_passes=zero_passes, rank=rank)
 
 
 async def prepare_read(conn: AsyncConnection, *, timeout_seconds: float | None = None) -> None:

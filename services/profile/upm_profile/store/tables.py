@@ -50,6 +50,8 @@ identifiers = Table(
     Column("created_time", UtcDateTime, nullable=False),
     PrimaryKeyConstraint("type", "value", name="pk_profile_identifiers"),
     Index("ix_profile_identifiers_profile_id", "profile_id"),
+    # Segment queries: the profiles having an identifier type, from the index alone.
+    Index("ix_profile_identifiers_type_profile", "type", "profile_id"),
 )
 
 traits = Table(
@@ -69,6 +71,14 @@ traits = Table(
     PrimaryKeyConstraint("profile_id", "name", name="pk_profile_traits"),
     Index("ix_profile_traits_name_text", "name", "text_value"),
     Index("ix_profile_traits_name_num", "name", "num_value"),
+    # Segment queries: a trait condition from an index-only scan of the trait's rows.
+    Index(
+        "ix_profile_traits_segment",
+        "name",
+        "value_type",
+        "profile_id",
+        postgresql_include=["bool_value", "num_value", "text_value", "time_value"],
+    ),
 )
 
 consents = Table(
@@ -81,6 +91,8 @@ consents = Table(
     Column("updated_time", UtcDateTime, nullable=False),
     Column("source", Text, nullable=False),
     PrimaryKeyConstraint("profile_id", "channel", "purpose", name="pk_profile_consents"),
+    # Segment queries: the profiles with a consent status, from the index alone.
+    Index("ix_profile_consents_segment", "channel", "purpose", "status", "profile_id"),
 )
 
 events = Table(
@@ -96,6 +108,15 @@ events = Table(
     Column("context", JsonType, nullable=True),
     Index("ix_profile_events_profile_time", "profile_id", "event_time"),
     Index("ix_profile_events_name_time", "name", "event_time"),
+    # Segment queries: an event condition from an index-only scan of its name and window
+    # (PostgreSQL also carries the type and properties for property filters and sums).
+    Index(
+        "ix_profile_events_segment",
+        "name",
+        "event_time",
+        "profile_id",
+        postgresql_include=["type", "properties"],
+    ),
 )
 
 event_counts = Table(
