@@ -4,12 +4,19 @@ The orchestrator runs in a child process (so client and server do not share one 
 with an in-memory profile directory of N people and a 10-rule policy. Figures:
 
 - `redis.batch`: decisions/s through BatchRequestPermission (1,000 per call, a few calls in
-  flight), one decision per person over N people;
+  flight), one decision per person over N people; median of several passes;
 - `redis.bare_evalsha`: the same Lua script with equivalent arguments, pipelined straight at
-  Redis in the same run: the ceiling; `redis.ratio` = batch / bare;
-- `redis.single`: RequestPermission p50 / p99 latency at a fixed request rate;
+  Redis the same way (1,000 per pipeline, as many in flight), alternating with the batch calls
+  every 10,000 decisions (the machine is shared): the ceiling; `redis.ratio_median` = batch /
+  bare per pass; `redis_usec_per_evalsha` is Redis's own time per script in that pass;
+- `redis.single`: RequestPermission p50 / p99 latency at a fixed (open-loop) request rate, and
+  `health_check_floor`: the same client against the server's health check, the gRPC floor;
 - `sql_sqlite` (and `sql_postgres` when a local PostgreSQL answers): the same figures on the SQL
   ledger, at smaller sizes.
+
+The client pre-serializes requests and uses raw unary calls (bytes in, bytes out), so its own
+cost on the shared cores stays small. Every Redis key the run creates carries the prefix
+`upmbench:<run>`; all are deleted (SCAN + UNLINK) at the end, also when the run fails.
 
 Run alone: `python -m bench.orchestrator_decisions [--smoke]`. Server mode (internal):
 `python -m bench.orchestrator_decisions --serve BACKEND DATABASE_URL PROFILES`.
@@ -44,6 +51,7 @@ POSTGRES_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 CHANNELS = ("email", "sms", "push", "web", "in_app")
 BATCH = 1000
 IN_FLIGHT = 4
+CHUNK = 10  # batches between switches from the service to the bare script and back
 
 
 def _policy() -> Any:
@@ -53,7 +61,9 @@ def _policy() -> Any:
         rule_id: str, count: int, kind: int, scope: int, value: str = "", secs: int = 0
     ) -> Any:
         rule = pb.FrequencyCapRule(
-            count=count, window_kind=kind, scope=pb.RuleScope(kind=scope, value=value)
+            count=count,
+            window_kind=kind,  # type: ignore[arg-type]
+            scope=pb.RuleScope(kind=scope, value=value),  # type: ignore[arg-type]
         )
         if secs:
             rule.window_duration.seconds = secs
@@ -94,13 +104,14 @@ def _profile_id(run: str, index: int) -> str:
 
 
 def _request(run: str, index: int, salt: int = 0) -> Any:
+    from upm.common.v1 import consent_pb2
     from upm.orchestrator.v1 import orchestrator_service_pb2 as pb
 
     return pb.RequestPermissionRequest(
         profile_id=_profile_id(run, index),
         channel=CHANNELS[(index + salt) % len(CHANNELS)],
         message=pb.Message(
-            purpose=1,
+            purpose=consent_pb2.CONSENT_PURPOSE_MARKETING,
             campaign_id=f"campaign-{salt % 7}",
             category="promo",
             tags=["vip"],
@@ -125,7 +136,9 @@ async def _serve(backend: str, database_url: str, profiles: int, run: str) -> No
 
     configure_logging("json", os.environ.get("UPM_LOG_LEVEL", "warning"))
     await upgrade(database_url, "orchestrator")
-    consents = {(c, consent_pb2.CONSENT_PURPOSE_MARKETING): 1 for c in CHANNELS}
+    consents: dict[tuple[str, int], int] = {
+        (c, consent_pb2.CONSENT_PURPOSE_MARKETING): 1 for c in CHANNELS
+    }
     directory = InMemoryProfileDirectory(
         [ProfileInfo(_profile_id(run, i), "", False, consents) for i in range(profiles)]
     )
@@ -209,45 +222,66 @@ async def _server(backend: str, database_url: str, profiles: int, run: str) -> A
 
 
 # Client side ----------------------------------------------------------------------------------
+#
+# The client shares the machine's two cores with the server, so it does as little as it can
+# while the clock runs: requests are serialized beforehand and sent through raw unary calls with
+# identity serializers; responses are parsed after the clock stops.
+
+SERVICE = "/upm.orchestrator.v1.OrchestratorService/"
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
 
-async def _batched(stub: Any, run: str, people: int, salt: int) -> dict[str, Any]:
+def _raw(channel: grpc.aio.Channel, method: str) -> Any:
+    return channel.unary_unary(method)  # no serializers: bytes in, bytes out
+
+
+def _batch_payloads(run: str, first: int, people: int, salt: int) -> list[bytes]:
+    """Serialized batches: one decision for each of the people `first` .. `first + people - 1`."""
     from upm.orchestrator.v1 import orchestrator_service_pb2 as pb
 
-    batches = [
+    return [
         pb.BatchRequestPermissionRequest(
-            requests=[_request(run, i, salt) for i in range(start, min(start + BATCH, people))]
-        )
-        for start in range(0, people, BATCH)
+            requests=[
+                _request(run, i, salt) for i in range(start, min(start + BATCH, first + people))
+            ]
+        ).SerializeToString()
+        for start in range(first, first + people, BATCH)
     ]
-    queue = list(reversed(batches))
-    outcomes: dict[int, int] = {}
+
+
+async def _send_batches(call: Any, payloads: list[bytes]) -> tuple[float, list[bytes]]:
+    """Send the batches, IN_FLIGHT at once; the seconds taken and the raw responses."""
+    queue = list(reversed(payloads))
+    responses: list[bytes] = []
 
     async def worker() -> None:
         while queue:
-            response = await stub.BatchRequestPermission(queue.pop(), timeout=120)
-            for decision in response.decisions:
-                outcomes[decision.outcome] = outcomes.get(decision.outcome, 0) + 1
+            responses.append(await call(queue.pop(), timeout=120))
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
-    elapsed = time.perf_counter() - started
-    return {
-        "decisions": people,
-        "seconds": round(elapsed, 3),
-        "decisions_per_second": round(people / elapsed),
-        "outcomes": {pb.Outcome.Name(k): v for k, v in sorted(outcomes.items())},  # type: ignore[arg-type]
-    }
+    return time.perf_counter() - started, responses
 
 
-async def _single(stub: Any, run: str, people: int, rate: int, count: int) -> dict[str, Any]:
+def _outcomes(responses: list[bytes]) -> dict[str, int]:
+    from upm.orchestrator.v1 import orchestrator_service_pb2 as pb
+
+    counts: dict[int, int] = {}
+    for raw in responses:
+        for decision in pb.BatchRequestPermissionResponse.FromString(raw).decisions:
+            counts[decision.outcome] = counts.get(decision.outcome, 0) + 1
+    return {pb.Outcome.Name(k): v for k, v in sorted(counts.items())}  # type: ignore[arg-type]
+
+
+async def _fixed_rate(call: Any, payloads: list[bytes], rate: int) -> dict[str, Any]:
+    """Send `payloads` at `rate` per second (open loop); latency percentiles of the answers."""
     latencies: list[float] = []
     errors: dict[str, int] = {}
 
-    async def one(index: int) -> None:
+    async def one(payload: bytes) -> None:
         started = time.perf_counter()
         try:
-            await stub.RequestPermission(_request(run, index % people, 10_000 + index), timeout=5)
+            await call(payload, timeout=5)
         except grpc.aio.AioRpcError as exc:
             errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
             return
@@ -255,14 +289,15 @@ async def _single(stub: Any, run: str, people: int, rate: int, count: int) -> di
 
     tasks = []
     begin = time.perf_counter()
-    for index in range(count):
+    for index, payload in enumerate(payloads):
         delay = begin + index / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(index)))
+        tasks.append(asyncio.create_task(one(payload)))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - begin
     latencies.sort()
+    count = len(payloads)
     return {
         "target_rate": rate,
         "achieved_rate": round(count / elapsed),
@@ -270,37 +305,60 @@ async def _single(stub: Any, run: str, people: int, rate: int, count: int) -> di
         "errors": sum(errors.values()),
         "error_codes": errors,
         "p50_ms": round(statistics.median(latencies), 3) if latencies else None,
-        "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1], 3) if latencies else None,
+        "p99_ms": round(latencies[max(0, int(len(latencies) * 0.99) - 1)], 3)
+        if latencies
+        else None,
         "max_ms": round(latencies[-1], 3) if latencies else None,
     }
 
 
-async def _bare_evalsha(people: int, run: str) -> dict[str, Any]:
-    """The same Lua script with the same arguments, pipelined straight at Redis: the ceiling.
+async def _single(
+    channel: grpc.aio.Channel, run: str, people: int, rate: int, count: int
+) -> dict[str, Any]:
+    # People of the first pass, on another channel than that pass used ((index + salt) % 5
+    # differs) and with an intent of their own: no rule holds these back.
+    payloads = [
+        _request(run, index % people, 10_003 + 5 * index).SerializeToString()
+        for index in range(count)
+    ]
+    return await _fixed_rate(_raw(channel, SERVICE + "RequestPermission"), payloads, rate)
 
-    Arguments are prepared by the engine before the clock starts, so only the client's command
-    packing and Redis itself are measured.
+
+async def _health_floor(channel: grpc.aio.Channel, rate: int, count: int) -> dict[str, Any]:
+    """The same open-loop client against the server's health check: the gRPC floor."""
+    from grpc_health.v1 import health_pb2
+
+    payload = health_pb2.HealthCheckRequest().SerializeToString()
+    return await _fixed_rate(_raw(channel, HEALTH_CHECK), [payload] * count, rate)
+
+
+async def _prepare_bare(
+    redis: Any, first: int, people: int, run: str, salt: int
+) -> list[tuple[list[str], list[Any]]]:
+    """EVALSHA arguments equivalent to what the service sends for `people` decisions.
+
+    Prepared (by the service's own engine and packing) before the clock starts, so the bare
+    figure measures only the client's command packing and Redis itself.
     """
     from datetime import UTC, datetime
 
     from upm.common.v1 import consent_pb2
-    from upm_common.redis import create_redis
     from upm_orchestrator import engine
     from upm_orchestrator.engine import ProfileInfo
     from upm_orchestrator.policy import compile_policy
     from upm_orchestrator.service import message_spec
     from upm_orchestrator.store.base import ReserveRequest
-    from upm_orchestrator.store.redis import RESERVE_SCRIPT, RedisFatigueStore
+    from upm_orchestrator.store.redis import RedisFatigueStore
 
-    redis = create_redis(REDIS_URL)
-    namespace = f"upmbench:{run}-bare:"
-    store = RedisFatigueStore(redis, namespace=namespace)
+    store = RedisFatigueStore(redis, namespace=f"upmbench:{run}-bare:")
     policy = compile_policy(_policy())
-    consents = {(c, consent_pb2.CONSENT_PURPOSE_MARKETING): 1 for c in CHANNELS}
+    consents: dict[tuple[str, int], int] = {
+        (c, consent_pb2.CONSENT_PURPOSE_MARKETING): 1 for c in CHANNELS
+    }
     now = datetime.now(UTC)
     commands = []
-    for index in range(people):
-        request = _request(run, index, 1)
+    for index in range(first, first + people):
+        request = _request(run, index, salt)
         profile = ProfileInfo(request.profile_id, "", False, consents)
         spec = message_spec(request.message, "message")
         plan = engine.plan_decision(policy, profile, request.channel, spec, now)
@@ -312,65 +370,151 @@ async def _bare_evalsha(people: int, run: str) -> dict[str, Any]:
             reserve=True,
             ttl_ms=300_000,
             retention_ms=policy.retention_ms,
-            meta={"d": "x", "t": engine.to_ms(now), "c": request.channel},
+            meta={"d": uuid.uuid4().hex, "t": engine.to_ms(now), "c": request.channel},
         )
-        keys, args = store._args(reserve, f"{request.profile_id}~{index}")
-        commands.append((keys, args))
-    try:
-        sha = await redis.script_load(RESERVE_SCRIPT)
-        started = time.perf_counter()
-        for start in range(0, people, BATCH):
+        commands.append(store._args(reserve, f"{request.profile_id}~{uuid.uuid4().hex}"))
+    return commands
+
+
+async def _send_bare(redis: Any, sha: str, commands: list[tuple[list[str], list[Any]]]) -> float:
+    """The same Lua script, pipelined straight at Redis the way the service sends it: BATCH
+    commands a pipeline, IN_FLIGHT pipelines at once. The ceiling for `redis.batch`."""
+    queue = [commands[i : i + BATCH] for i in range(0, len(commands), BATCH)]
+    queue.reverse()
+
+    async def worker() -> None:
+        while queue:
+            chunk = queue.pop()
             async with redis.pipeline(transaction=False) as pipe:
-                for keys, args in commands[start : start + BATCH]:
+                for keys, args in chunk:
                     pipe.evalsha(sha, len(keys), *keys, *args)
                 await pipe.execute()
-        elapsed = time.perf_counter() - started
-        return {
-            "decisions": people,
-            "seconds": round(elapsed, 3),
-            "decisions_per_second": round(people / elapsed),
-        }
-    finally:
-        keys = [k async for k in redis.scan_iter(match=f"{namespace}*", count=10_000)]
-        for start in range(0, len(keys), 10_000):
-            await redis.delete(*keys[start : start + 10_000])
-        await redis.aclose()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
+    return time.perf_counter() - started
 
 
-async def _cleanup_redis(run: str) -> None:
-    from upm_common.redis import create_redis
-
-    redis = create_redis(REDIS_URL)
-    try:
-        keys = [k async for k in redis.scan_iter(match=f"upmbench:{run}:*", count=10_000)]
-        for start in range(0, len(keys), 10_000):
-            await redis.delete(*keys[start : start + 10_000])
-    finally:
-        await redis.aclose()
+def _rate(decisions: int, seconds: float) -> dict[str, Any]:
+    return {
+        "decisions": decisions,
+        "seconds": round(seconds, 3),
+        "decisions_per_second": round(decisions / seconds),
+    }
 
 
-async def _measure(
-    backend: str, database_url: str, people: int, rate: int, count: int
+async def _evalsha_usec(redis: Any) -> tuple[int, int]:
+    stats = (await redis.info("commandstats")).get("cmdstat_evalsha") or {}
+    return int(stats.get("calls", 0)), int(stats.get("usec", 0))
+
+
+async def _cleanup_redis(redis: Any, pattern: str) -> int:
+    """Delete every key matching `pattern` (SCAN + UNLINK in batches)."""
+    deleted = 0
+    batch: list[bytes] = []
+    async for key in redis.scan_iter(match=pattern, count=10_000):
+        batch.append(key)
+        if len(batch) >= 10_000:
+            deleted += await redis.unlink(*batch)
+            batch = []
+    if batch:
+        deleted += await redis.unlink(*batch)
+    return deleted
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 3)
+
+
+async def _measure(  # noqa: PLR0917
+    backend: str,
+    database_url: str,
+    people: int,
+    rate: int,
+    count: int,
+    repeats: int,
 ) -> dict[str, Any]:
-    from upm.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
-
     run = uuid.uuid4().hex[:8]
-    async with _server(backend, database_url, people, run) as port:
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        stub = pb_grpc.OrchestratorServiceStub(channel)
-        try:
-            await _batched(stub, run, min(people, 2 * BATCH), salt=99)  # warm-up
-            batch = await _batched(stub, run, people, salt=1)
-            single = await _single(stub, run, people, rate, count)
-        finally:
-            await channel.close()
-    result: dict[str, Any] = {"batch": batch, "single": single}
+    redis = None
     if backend == "redis":
-        result["bare_evalsha"] = await _bare_evalsha(people, run)
-        result["ratio"] = round(
-            batch["decisions_per_second"] / result["bare_evalsha"]["decisions_per_second"], 3
-        )
-        await _cleanup_redis(run)
+        from upm_common.redis import create_redis
+
+        redis = create_redis(REDIS_URL)
+    result: dict[str, Any] = {}
+    try:
+        # Every pass decides for people of its own (and so does the warm-up): each pass then
+        # meets the same ledger state and the same outcomes; the same people twice would
+        # hit the policy's caps, and a held-back decision also checks other channels for a
+        # suggestion (several scripts, not one).
+        async with _server(backend, database_url, people * (repeats + 1), run) as port:
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+            try:
+                call = _raw(channel, SERVICE + "BatchRequestPermission")
+                sha = ""
+                if redis is not None:
+                    from upm_orchestrator.store.redis import RESERVE_SCRIPT
+
+                    loaded = await redis.script_load(RESERVE_SCRIPT)
+                    sha = loaded.decode() if isinstance(loaded, bytes) else str(loaded)
+                warm = min(people, 2 * BATCH)
+                await _send_batches(call, _batch_payloads(run, people * repeats, warm, salt=99))
+                batches: list[dict[str, Any]] = []
+                bares: list[dict[str, Any]] = []
+                ratios: list[float] = []
+                for repeat in range(repeats):
+                    payloads = _batch_payloads(run, people * repeat, people, salt=1)
+                    commands = []
+                    if redis is not None:
+                        commands = await _prepare_bare(redis, people * repeat, people, run, 1)
+                    # Batch and bare alternate every CHUNK batches, so both see the same
+                    # machine load (the machine is shared; load swings within seconds).
+                    batch_seconds = bare_seconds = 0.0
+                    responses: list[bytes] = []
+                    before = await _evalsha_usec(redis) if redis is not None else (0, 0)
+                    for start in range(0, len(payloads), CHUNK):
+                        seconds, answers = await _send_batches(
+                            call, payloads[start : start + CHUNK]
+                        )
+                        batch_seconds += seconds
+                        responses.extend(answers)
+                        if redis is not None:
+                            part = commands[start * BATCH : (start + CHUNK) * BATCH]
+                            bare_seconds += await _send_bare(redis, sha, part)
+                    batch = _rate(people, batch_seconds)
+                    batch["outcomes"] = _outcomes(responses)
+                    batches.append(batch)
+                    if redis is not None:
+                        after = await _evalsha_usec(redis)
+                        calls = after[0] - before[0]
+                        bare = _rate(people, bare_seconds)
+                        # Redis's own time per script (every client's EVALSHAs meanwhile).
+                        bare["redis_usec_per_evalsha"] = (
+                            round((after[1] - before[1]) / calls, 1) if calls else None
+                        )
+                        bares.append(bare)
+                        ratios.append(bare_seconds / batch_seconds)  # batch rate / bare rate
+                    del commands, payloads, responses
+                single = await _single(channel, run, people, rate, count)
+                floor = await _health_floor(channel, rate, count)
+            finally:
+                await channel.close()
+        result["batch"] = {
+            "decisions_per_second_median": _median([b["decisions_per_second"] for b in batches]),
+            "runs": batches,
+        }
+        if bares:
+            result["bare_evalsha"] = {
+                "decisions_per_second_median": _median([b["decisions_per_second"] for b in bares]),
+                "runs": bares,
+            }
+            result["ratio_median"] = _median(ratios)
+            result["ratios"] = [round(r, 3) for r in ratios]
+        result["single"] = single
+        result["health_check_floor"] = floor
+    finally:
+        if redis is not None:
+            result["redis_keys_deleted"] = await _cleanup_redis(redis, f"upmbench:{run}*")
+            await redis.aclose()
     return result
 
 
@@ -407,27 +551,29 @@ async def _drop_postgres(name: str) -> None:
 async def run(smoke: bool) -> dict[str, Any]:
     people = 2_000 if smoke else 100_000
     sql_people = 500 if smoke else 20_000
+    repeats = 1 if smoke else 3
     result: dict[str, Any] = {
         "rules_per_profile": 10,
         "batch_size": BATCH,
         "in_flight_batches": IN_FLIGHT,
+        "repeats": repeats,
         "targets": {"batch_decisions_per_second": 20_000, "single_p99_ms_at_1000_rps": 5.0},
     }
     with tempfile.TemporaryDirectory() as folder:
         sqlite_url = f"sqlite+aiosqlite:///{folder}/bench.db"
         result["redis"] = await _measure(
-            "redis", sqlite_url, people, rate=1000, count=500 if smoke else 10_000
+            "redis", sqlite_url, people, rate=1000, count=500 if smoke else 10_000, repeats=repeats
         )
         sqlite_sql = f"sqlite+aiosqlite:///{folder}/bench-sql.db"
         result["sql_sqlite"] = await _measure(
-            "sql", sqlite_sql, sql_people, rate=200, count=100 if smoke else 2_000
+            "sql", sqlite_sql, sql_people, rate=200, count=100 if smoke else 2_000, repeats=repeats
         )
     created = await _postgres_database()
     if created is not None:
         name, url = created
         try:
             result["sql_postgres"] = await _measure(
-                "sql", url, sql_people, rate=500, count=200 if smoke else 5_000
+                "sql", url, sql_people, rate=500, count=200 if smoke else 5_000, repeats=repeats
             )
         finally:
             await _drop_postgres(name)

@@ -182,6 +182,26 @@ def calendar_window(kind: int, now: datetime, zone: ZoneInfo) -> tuple[datetime,
     return local_midnight(first, zone), local_midnight(after, zone)
 
 
+# Calendar windows by (kind, zone): (start ms, end ms, start, end). A window is reused while
+# `now` lies inside it, so the zone arithmetic runs once per window, not once per decision.
+_WINDOWS: dict[tuple[int, ZoneInfo], tuple[int, int, datetime, datetime]] = {}
+_MAX_WINDOWS = 4096
+
+
+def cached_calendar_window(
+    kind: int, now: datetime, now_ms: int, zone: ZoneInfo
+) -> tuple[datetime, datetime]:
+    """`calendar_window`, remembered for as long as `now` stays inside the window."""
+    hit = _WINDOWS.get((kind, zone))
+    if hit is not None and hit[0] <= now_ms < hit[1]:
+        return hit[2], hit[3]
+    start, end = calendar_window(kind, now, zone)
+    if len(_WINDOWS) >= _MAX_WINDOWS:
+        _WINDOWS.clear()
+    _WINDOWS[(kind, zone)] = (to_ms(start), to_ms(end), start, end)
+    return start, end
+
+
 def quiet_hours_end(
     start_minute: int, end_minute: int, now: datetime, zone: ZoneInfo
 ) -> datetime | None:
@@ -293,7 +313,9 @@ def plan_decision(
             since = now_ms - cap.window_ms + 1
         else:
             if cap.window_kind not in windows:
-                windows[cap.window_kind] = calendar_window(cap.window_kind, now, zone)
+                windows[cap.window_kind] = cached_calendar_window(
+                    cap.window_kind, now, now_ms, zone
+                )
             start, calendar_end = windows[cap.window_kind]
             since = to_ms(start)
         checks.append(CounterCheck(cap.rule_id, key, since, cap.count))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from upm.common.v1 import consent_pb2
@@ -89,7 +90,7 @@ class CompiledPolicy:
     exempt_still_counts: bool = False
     fallback_zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
 
-    @property
+    @cached_property
     def retention_ms(self) -> int:
         """How long ledger entries must be kept for every rule of this policy."""
         longest = [r.window_ms for r in self.caps] + [r.gap_ms for r in self.gaps]

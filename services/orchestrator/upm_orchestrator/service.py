@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,6 +24,7 @@ from upm_orchestrator.metrics import DECISIONS, HELD_BACK, RESERVATIONS
 from upm_orchestrator.policy import DEFAULT_POLICY_ID, ID_PATTERN, CompiledPolicy, compile_policy
 from upm_orchestrator.repository import OutcomeRecord, Repository, Send
 from upm_orchestrator.store.base import FatigueStore, ReserveRequest, ReserveResult
+from upm_orchestrator.store.common import new_id
 
 _OUTCOME_NAMES = {v: k.removeprefix("OUTCOME_").lower() for k, v in pb.Outcome.items()}
 _REASON_NAMES = {v: k.removeprefix("REASON_CODE_").lower() for k, v in pb.ReasonCode.items()}
@@ -229,10 +229,43 @@ class Orchestrator:
         return items
 
     def _reserve_request(
-        self, item: _Item, now: datetime, *, dry_run: bool, decision_id: str
+        self,
+        item: _Item,
+        now: datetime,
+        *,
+        dry_run: bool,
+        decision_id: str,
+        plans: dict[tuple[object, ...], Plan] | None = None,
     ) -> ReserveRequest:
         assert item.profile is not None
-        item.plan = engine.plan_decision(item.policy, item.profile, item.channel, item.message, now)
+        if plans is None:
+            item.plan = engine.plan_decision(
+                item.policy, item.profile, item.channel, item.message, now
+            )
+        else:
+            # Within one call `now` is fixed, so a plan depends only on the policy, the channel,
+            # what the message counts on and the few facts about the person the engine reads:
+            # a batch of one campaign plans once per channel and time zone, not once per person.
+            profile, message = item.profile, item.message
+            key = (
+                id(item.policy),
+                item.channel,
+                message.campaign_id,
+                message.category,
+                message.tags,
+                message.intent_key,
+                message.purpose,
+                message.priority,
+                profile.suppressed,
+                profile.timezone,
+                profile.consent(item.channel, message.purpose),
+            )
+            plan = plans.get(key)
+            if plan is None:
+                plan = plans[key] = engine.plan_decision(
+                    item.policy, profile, item.channel, message, now
+                )
+            item.plan = plan
         return ReserveRequest(
             profile_id=item.profile_id,
             now_ms=engine.to_ms(now),
@@ -268,8 +301,9 @@ class Orchestrator:
         order = sorted(
             range(len(items)), key=lambda i: (items[i].profile_id, -items[i].message.priority)
         )
+        plans: dict[tuple[object, ...], Plan] = {}
         reserve_requests = [
-            self._reserve_request(items[i], now, dry_run=dry_run, decision_id=uuid.uuid4().hex)
+            self._reserve_request(items[i], now, dry_run=dry_run, decision_id=new_id(), plans=plans)
             for i in order
         ]
         results = await self.store.reserve_many(reserve_requests)
@@ -285,7 +319,7 @@ class Orchestrator:
             decisions[index] = decision
             fresh.append((item, decision))
         if suggest:
-            await self._suggest(fresh, now)
+            await self._suggest(fresh, now, plans)
         # A replay answers what the first request with its key answered: from this very call
         # (the same key twice in one batch), else as recorded, waiting briefly if the first
         # call is still in flight.
@@ -329,7 +363,7 @@ class Orchestrator:
         assert item.plan is not None
         meta = result.meta
         decision = pb.Decision(
-            decision_id=str(meta.get("d") or uuid.uuid4().hex),
+            decision_id=str(meta.get("d") or new_id()),
             profile_id=item.profile_id,
             channel=item.channel,
             message=item.source,
@@ -350,7 +384,12 @@ class Orchestrator:
             decision.not_before_time.FromDatetime(verdict.not_before)
         return decision
 
-    async def _suggest(self, fresh: list[tuple[_Item, pb.Decision]], now: datetime) -> None:
+    async def _suggest(
+        self,
+        fresh: list[tuple[_Item, pb.Decision]],
+        now: datetime,
+        plans: dict[tuple[object, ...], Plan] | None = None,
+    ) -> None:
         """Name, for held-back messages, another consented channel allowed now."""
         candidates: list[tuple[pb.Decision, str, ReserveRequest]] = []
         for item, decision in fresh:
@@ -376,7 +415,9 @@ class Orchestrator:
                     item.policy_id,
                     item.profile,
                 )
-                request = self._reserve_request(other, now, dry_run=True, decision_id="")
+                request = self._reserve_request(
+                    other, now, dry_run=True, decision_id="", plans=plans
+                )
                 assert other.plan is not None
                 if other.plan.blocked:
                     continue
