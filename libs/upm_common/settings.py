@@ -68,8 +68,8 @@ class CommonSettings(BaseSettings):
         default="segment", description="Consumer group of the segment workers on the change feed."
     )
     orchestrator_consumer_group: str = Field(
-        default="orchestrator",
-        description="Consumer group of the orchestrator on the membership feed.",
+        default="orchestrator-outcomes",
+        description="Consumer group of the orchestrator's outcome feed on the change feed.",
     )
     profile_address: str = Field(
         default="127.0.0.1:50052", description="host:port of the profile service."

@@ -35,7 +35,7 @@ from upm_orchestrator.settings import OrchestratorSettings
 from upm_orchestrator.store.base import FatigueStore
 from upm_orchestrator.store.redis import RedisFatigueStore
 from upm_orchestrator.store.sql import SqlFatigueStore
-from upm_orchestrator.worker import OutcomeFeed
+from upm_orchestrator.worker import GROUP, OutcomeFeed
 
 SERVICE_NAME = "upm.orchestrator.v1.OrchestratorService"
 
@@ -53,6 +53,7 @@ class OrchestratorApp:
     channels: list[grpc.aio.Channel]
     event_log: EventLog | None = None
     redis: Redis | None = None
+    consumer_group: str = GROUP
 
     async def close(self) -> None:
         await self.repository.close()
@@ -77,7 +78,13 @@ class OrchestratorApp:
             ],
             workers=[]
             if self.event_log is None
-            else [OutcomeFeed(self.event_log, self.repository).run],
+            else [
+                OutcomeFeed(
+                    self.event_log,
+                    self.repository,
+                    group=self.consumer_group,
+                ).run
+            ],
             close=self.close,
         )
 
@@ -129,7 +136,16 @@ async def build_orchestrator(
         redis = create_redis(settings.redis_url) if settings.redis_url else None
         event_log = create_event_log(settings, engine, redis)
     return OrchestratorApp(
-        engine, store, repository, orchestrator, followups, servicer, channels, event_log, redis
+        engine,
+        store,
+        repository,
+        orchestrator,
+        followups,
+        servicer,
+        channels,
+        event_log,
+        redis,
+        consumer_group=settings.orchestrator_consumer_group,
     )
 
 

@@ -58,7 +58,8 @@ def classify(event_name: str, conversions: set[str]) -> tuple[str, str] | None:
 class OutcomeFeed:
     """Consumes PROFILE_CHANGES and records outcomes."""
 
-    def __init__(self, event_log: EventLog, repository: Repository) -> None:
+    def __init__(self, event_log: EventLog, repository: Repository, group: str = GROUP) -> None:
+        self._group = group
         self._log = event_log
         self._repository = repository
         self._consumer = f"{socket.gethostname()}-{id(self):x}"
@@ -100,10 +101,10 @@ class OutcomeFeed:
 
     async def run(self) -> None:
         """The worker loop (at-least-once: a redelivered change records its outcome again)."""
-        await self._log.ensure_group(PROFILE_CHANGES, GROUP)
+        await self._log.ensure_group(PROFILE_CHANGES, self._group)
         while True:
             deliveries = await self._log.claim(
-                PROFILE_CHANGES, GROUP, self._consumer, 200, block_seconds=1.0
+                PROFILE_CHANGES, self._group, self._consumer, 200, block_seconds=1.0
             )
             if not deliveries:
                 await asyncio.sleep(0.2)
@@ -114,4 +115,4 @@ class OutcomeFeed:
                 log.exception("recording outcomes failed; the changes will be redelivered")
                 await asyncio.sleep(1.0)
                 continue
-            await self._log.ack(PROFILE_CHANGES, GROUP, [d.id for d in deliveries])
+            await self._log.ack(PROFILE_CHANGES, self._group, [d.id for d in deliveries])

@@ -23,7 +23,7 @@ from upm_profile.service import ProfileDomain
 from upm_profile.servicer import SERVICE_NAME, ChangeHub, ProfileServicer
 from upm_profile.settings import ProfileSettings
 from upm_profile.store.sql import SqlProfileStore
-from upm_profile.worker import GROUP, ProfileWorker, consumer_name
+from upm_profile.worker import ProfileWorker, consumer_name
 
 
 @dataclass
@@ -77,6 +77,7 @@ async def build_profile(settings: ProfileSettings) -> ProfileRuntime:
             batch_size=settings.profile_worker_batch_size,
             lease_seconds=settings.profile_lease_seconds,
             default_region=settings.profile_default_phone_region,
+            group=settings.profile_consumer_group,
         )
         workers.append(worker.run)
     if append_in is None:
@@ -107,5 +108,5 @@ async def build_profile(settings: ProfileSettings) -> ProfileRuntime:
 async def build_app(settings: ProfileSettings) -> ServiceApp:
     """The profile service for the `upm` command line."""
     runtime = await build_profile(settings)
-    await runtime.event_log.ensure_group(EVENTS, GROUP)
+    await runtime.event_log.ensure_group(EVENTS, settings.profile_consumer_group)
     return runtime.service_app

@@ -48,7 +48,9 @@ class ProfileWorker:
         batch_size: int = 500,
         lease_seconds: float = 60.0,
         default_region: str | None = None,
+        group: str = GROUP,
     ) -> None:
+        self.group = group
         self.store = store
         self.event_log = event_log
         self.blocklist = blocklist
@@ -61,7 +63,7 @@ class ProfileWorker:
         """Claim, apply and acknowledge one batch; returns how many deliveries it handled."""
         deliveries = await self.event_log.claim(
             EVENTS,
-            GROUP,
+            self.group,
             self.consumer,
             self.batch_size,
             lease_seconds=self.lease_seconds,
@@ -110,12 +112,12 @@ class ProfileWorker:
             MERGES.inc(result.merges)
             for rule, count in result.conflicts.items():
                 CONFLICTS.labels(rule).inc(count)
-        await self.event_log.ack(EVENTS, GROUP, done)
+        await self.event_log.ack(EVENTS, self.group, done)
         return len(deliveries)
 
     async def run(self) -> None:
         """Apply events until cancelled; a failing batch is left to be redelivered."""
-        await self.event_log.ensure_group(EVENTS, GROUP)
+        await self.event_log.ensure_group(EVENTS, self.group)
         while True:
             try:
                 await self.run_once(block_seconds=1.0)

@@ -147,6 +147,7 @@ class MembershipWorker:
         refresh_seconds: float = 2.0,
         scheduler_interval_seconds: float = 1.0,
         decode: Callable[[bytes], ProfileNotice] = decode_profile_change,
+        group: str = GROUP,
     ) -> None:
         self.engine = engine
         self.read_engine = read_engine or engine
@@ -160,6 +161,7 @@ class MembershipWorker:
         self.refresh_seconds = refresh_seconds
         self.scheduler_interval_seconds = scheduler_interval_seconds
         self.decode = decode
+        self.group = group
         self._segments: dict[str, ActiveSegment] = {}
         self._loaded_at: datetime | None = None
 
@@ -167,7 +169,7 @@ class MembershipWorker:
 
     async def run(self) -> None:
         """Consume profile changes and run the scheduler until cancelled."""
-        await self.event_log.ensure_group(PROFILE_CHANGES, GROUP)
+        await self.event_log.ensure_group(PROFILE_CHANGES, self.group)
         await asyncio.gather(self._consume_forever(), self._schedule_forever())
 
     async def _consume_forever(self) -> None:
@@ -273,7 +275,7 @@ class MembershipWorker:
         """Handle one claimed batch of profile changes; returns how many were claimed."""
         deliveries = await self.event_log.claim(
             PROFILE_CHANGES,
-            GROUP,
+            self.group,
             self.consumer,
             self.batch_size,
             lease_seconds=self.lease_seconds,
@@ -288,7 +290,7 @@ class MembershipWorker:
             except Exception:
                 log.warning("undecodable profile change skipped", id=delivery.id)
         await self.handle(notices)
-        await self.event_log.ack(PROFILE_CHANGES, GROUP, [d.id for d in deliveries])
+        await self.event_log.ack(PROFILE_CHANGES, self.group, [d.id for d in deliveries])
         return len(deliveries)
 
     async def handle(self, notices: Sequence[ProfileNotice]) -> list[pb.MembershipChange]:

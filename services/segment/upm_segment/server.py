@@ -13,7 +13,7 @@ from upm_common.db import create_engine
 from upm_common.eventlog import PROFILE_CHANGES, EventLog, create_event_log
 from upm_common.redis import create_redis
 from upm_common.server import ServiceApp, ServiceRegistration
-from upm_segment.membership import GROUP, MembershipHub, MembershipWorker, consumer_name
+from upm_segment.membership import MembershipHub, MembershipWorker, consumer_name
 from upm_segment.service import SegmentDomain
 from upm_segment.servicer import SERVICE_NAME, SegmentServicer
 from upm_segment.settings import SegmentSettings
@@ -47,6 +47,7 @@ async def build_segment(settings: SegmentSettings) -> SegmentRuntime:
         event_log,
         hub,
         consumer=consumer_name(),
+        group=settings.segment_consumer_group,
         batch_size=settings.segment_worker_batch_size,
         lease_seconds=settings.segment_lease_seconds,
         refresh_seconds=settings.segment_refresh_seconds,
@@ -75,5 +76,5 @@ async def build_segment(settings: SegmentSettings) -> SegmentRuntime:
 async def build_app(settings: SegmentSettings) -> ServiceApp:
     """The segment service for the `upm` command line."""
     runtime = await build_segment(settings)
-    await runtime.event_log.ensure_group(PROFILE_CHANGES, GROUP)
+    await runtime.event_log.ensure_group(PROFILE_CHANGES, settings.segment_consumer_group)
     return runtime.service_app
