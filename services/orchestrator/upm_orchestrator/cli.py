@@ -11,19 +11,16 @@ Policies are read and printed as the contract's JSON form (protobuf JSON mapping
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 
 from upm.orchestrator.v1 import orchestrator_service_pb2 as pb
 from upm.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
-from upm_common.clients import create_channel
-from upm_common.settings import CommonSettings, load_settings
+from upm_common.cli import grpc_command
 
 TIMEOUT_SECONDS = 10.0
 
@@ -56,26 +53,13 @@ def register(subparsers: Any) -> None:
 def _run(
     action: Callable[[pb_grpc.OrchestratorServiceStub, argparse.Namespace], Awaitable[None]],
 ) -> Callable[[argparse.Namespace], int]:
-    def handler(args: argparse.Namespace) -> int:
-        async def call() -> None:
-            settings = load_settings(CommonSettings)
-            channel = create_channel(settings.orchestrator_address, settings)
-            try:
-                await action(pb_grpc.OrchestratorServiceStub(channel), args)
-            finally:
-                await channel.close()
-
-        try:
-            asyncio.run(call())
-        except grpc.aio.AioRpcError as exc:
-            print(f"upm policy: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
-        except (OSError, json_format.ParseError) as exc:
-            print(f"upm policy: {exc}", file=sys.stderr)
-            return 2
-        return 0
-
-    return handler
+    return grpc_command(
+        "policy",
+        lambda s: s.orchestrator_address,
+        pb_grpc.OrchestratorServiceStub,
+        action,
+        usage_errors=(OSError, json_format.ParseError),
+    )
 
 
 def _print(policy: pb.Policy) -> None:

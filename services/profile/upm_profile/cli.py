@@ -10,7 +10,6 @@ user_id, email, phone, anonymous_id, device_id or external:<namespace>, e.g.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import re
 import sys
@@ -18,14 +17,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 
 from upm.common.v1 import identity_pb2
 from upm.profile.v1 import profile_service_pb2 as pb
 from upm.profile.v1 import profile_service_pb2_grpc as pb_grpc
-from upm_common.clients import create_channel
-from upm_common.settings import CommonSettings, load_settings
+from upm_common.cli import grpc_command
 
 TIMEOUT_SECONDS = 30.0
 _PROFILE_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -86,26 +83,7 @@ def register(subparsers: Any) -> None:
 def _run(
     action: Callable[[pb_grpc.ProfileServiceStub, argparse.Namespace], Awaitable[None]],
 ) -> Callable[[argparse.Namespace], int]:
-    def handler(args: argparse.Namespace) -> int:
-        async def call() -> None:
-            settings = load_settings(CommonSettings)
-            channel = create_channel(settings.profile_address, settings)
-            try:
-                await action(pb_grpc.ProfileServiceStub(channel), args)
-            finally:
-                await channel.close()
-
-        try:
-            asyncio.run(call())
-        except grpc.aio.AioRpcError as exc:
-            print(f"upm profile: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
-        except OSError as exc:
-            print(f"upm profile: {exc}", file=sys.stderr)
-            return 2
-        return 0
-
-    return handler
+    return grpc_command("profile", lambda s: s.profile_address, pb_grpc.ProfileServiceStub, action)
 
 
 def _confirm_first(

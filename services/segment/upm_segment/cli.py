@@ -9,17 +9,12 @@ The commands talk to the segment service at UPM_SEGMENT_ADDRESS (default 127.0.0
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
-
 from upm.segment.v1 import segment_service_pb2 as pb
 from upm.segment.v1 import segment_service_pb2_grpc as pb_grpc
-from upm_common.clients import create_channel
-from upm_common.settings import CommonSettings, load_settings
+from upm_common.cli import grpc_command
 
 TIMEOUT_SECONDS = 60.0
 
@@ -60,26 +55,7 @@ def register(subparsers: Any) -> None:
 def _run(
     action: Callable[[pb_grpc.SegmentServiceStub, argparse.Namespace], Awaitable[None]],
 ) -> Callable[[argparse.Namespace], int]:
-    def handler(args: argparse.Namespace) -> int:
-        async def call() -> None:
-            settings = load_settings(CommonSettings)
-            channel = create_channel(settings.segment_address, settings)
-            try:
-                await action(pb_grpc.SegmentServiceStub(channel), args)
-            finally:
-                await channel.close()
-
-        try:
-            asyncio.run(call())
-        except grpc.aio.AioRpcError as exc:
-            print(f"upm segment: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
-        except OSError as exc:
-            print(f"upm segment: {exc}", file=sys.stderr)
-            return 2
-        return 0
-
-    return handler
+    return grpc_command("segment", lambda s: s.segment_address, pb_grpc.SegmentServiceStub, action)
 
 
 def _print_segment(segment: pb.Segment) -> None:
