@@ -7,6 +7,7 @@ from upm_common.eventlog.base import (
     Delivery,
     EventLog,
     LogRecord,
+    consumer_name,
     dead_letter_topic,
 )
 from upm_common.eventlog.factory import create_event_log
@@ -18,6 +19,7 @@ __all__ = [
     "Delivery",
     "EventLog",
     "LogRecord",
+    "consumer_name",
     "create_event_log",
     "dead_letter_topic",
 ]

@@ -11,6 +11,8 @@ Semantics (both backends, checked by one contract test module):
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -25,6 +27,11 @@ MEMBERSHIP_CHANGES = "membership-changes"
 """Segment entered / exited signals (serialized upm.segment.v1.MembershipChange)."""
 
 DEFAULT_MAX_ATTEMPTS = 5
+
+
+def consumer_name(index: int = 0) -> str:
+    """A consumer name unique to this process (and worker index) across hosts and restarts."""
+    return f"{socket.gethostname()}-{os.getpid()}-{index}"
 
 
 def dead_letter_topic(topic: str) -> str:

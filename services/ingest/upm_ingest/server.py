@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from upm.ingest.v1 import ingest_service_pb2_grpc as pb_grpc
 from upm_common.db import create_engine
-from upm_common.eventlog import PROFILE_CHANGES, EventLog, create_event_log
+from upm_common.eventlog import PROFILE_CHANGES, EventLog, consumer_name, create_event_log
 from upm_common.redis import create_redis
 from upm_common.server import ServiceApp, ServiceRegistration, Worker
 from upm_ingest.collector import Collector, CollectorConfig, start
@@ -215,7 +213,7 @@ async def suppression_worker(
     Every ingest replica shares one consumer group: the suppression list is in the shared
     database, so one replica recording an erasure is enough.
     """
-    consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+    consumer = consumer or consumer_name()
     await event_log.ensure_group(PROFILE_CHANGES, SUPPRESSION_GROUP)
     while stop is None or not stop.is_set():
         deliveries = await event_log.claim(

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import time
 
 from upm.profile.v1 import profile_service_pb2
-from upm_common.eventlog import PROFILE_CHANGES, Delivery, EventLog
+from upm_common.eventlog import PROFILE_CHANGES, Delivery, EventLog, consumer_name
 from upm_common.logging import get_logger
 from upm_common.protoconv import timestamp_to_datetime
 from upm_orchestrator.repository import OutcomeRecord, Repository
@@ -62,7 +61,7 @@ class OutcomeFeed:
         self._group = group
         self._log = event_log
         self._repository = repository
-        self._consumer = f"{socket.gethostname()}-{id(self):x}"
+        self._consumer = consumer_name()
         self._conversions: set[str] = set()
         self._loaded_at = -RULE_REFRESH_SECONDS
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from upm.profile.v1 import profile_service_pb2_grpc as pb_grpc
 from upm_common.db import create_engine
-from upm_common.eventlog import EVENTS, EventLog, create_event_log
+from upm_common.eventlog import EVENTS, EventLog, consumer_name, create_event_log
 from upm_common.redis import create_redis
 from upm_common.server import ServiceApp, ServiceRegistration
 from upm_profile.changes import ChangePublisher, OutboxPublisher, SqlLogPublisher, relay_forever
@@ -23,7 +23,7 @@ from upm_profile.service import ProfileDomain
 from upm_profile.servicer import SERVICE_NAME, ChangeHub, ProfileServicer
 from upm_profile.settings import ProfileSettings
 from upm_profile.store.sql import SqlProfileStore
-from upm_profile.worker import ProfileWorker, consumer_name
+from upm_profile.worker import ProfileWorker
 
 
 @dataclass

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 
 import structlog
 from google.protobuf.message import DecodeError
@@ -29,10 +27,6 @@ CONFLICTS = Counter(
 BATCH_SECONDS = Histogram(
     "upm_profile_apply_batch_seconds", "Time to apply one claimed batch of events."
 )
-
-
-def consumer_name(index: int = 0) -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{index}"
 
 
 class ProfileWorker:

@@ -18,8 +18,6 @@ once; consumers may see a change twice). Changes are also published to in-proces
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -31,7 +29,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from upm.profile.v1 import profile_service_pb2 as profile_pb
 from upm.segment.v1 import segment_service_pb2 as pb
-from upm_common.eventlog import MEMBERSHIP_CHANGES, PROFILE_CHANGES, EventLog, LogRecord
+from upm_common.eventlog import (
+    MEMBERSHIP_CHANGES,
+    PROFILE_CHANGES,
+    EventLog,
+    LogRecord,
+    consumer_name,
+)
 from upm_common.protoconv import datetime_to_timestamp
 from upm_profile.store import tables as t
 from upm_segment import model as m
@@ -48,10 +52,6 @@ GROUP = "segment"
 CAUSE_PROFILE = "profile-change"
 CAUSE_EDGE = "window-edge"
 CAUSE_SEGMENT = "segment-change"
-
-
-def consumer_name(index: int = 0) -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{index}"
 
 
 class MembershipHub:

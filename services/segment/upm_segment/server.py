@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 from upm.segment.v1 import segment_service_pb2_grpc as pb_grpc
 from upm_common.db import create_engine
-from upm_common.eventlog import PROFILE_CHANGES, EventLog, create_event_log
+from upm_common.eventlog import PROFILE_CHANGES, EventLog, consumer_name, create_event_log
 from upm_common.redis import create_redis
 from upm_common.server import ServiceApp, ServiceRegistration
-from upm_segment.membership import MembershipHub, MembershipWorker, consumer_name
+from upm_segment.membership import MembershipHub, MembershipWorker
 from upm_segment.service import SegmentDomain
 from upm_segment.servicer import SERVICE_NAME, SegmentServicer
 from upm_segment.settings import SegmentSettings
