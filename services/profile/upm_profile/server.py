@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from upm.profile.v1 import profile_service_pb2_grpc as pb_grpc
-from upm_common.db import create_engine
-from upm_common.eventlog import EVENTS, EventLog, consumer_name, create_event_log
-from upm_common.redis import create_redis
+from upm_common.eventlog import EVENTS, EventLog, consumer_name
 from upm_common.server import ServiceApp, ServiceRegistration
+from upm_common.storage import Storage
 from upm_profile.changes import ChangePublisher, OutboxPublisher, SqlLogPublisher, relay_forever
 from upm_profile.identifiers import BlockList
 from upm_profile.resolution import Guards
@@ -53,9 +52,8 @@ def make_store(
 
 
 async def build_profile(settings: ProfileSettings) -> ProfileRuntime:
-    engine = create_engine(settings.database_url)
-    redis = create_redis(settings.redis_url) if settings.redis_url else None
-    event_log = create_event_log(settings, engine, redis)
+    storage = Storage.open(settings)
+    engine, event_log = storage.engine, storage.event_log
     append_in = getattr(event_log, "append_in", None)
     publisher: ChangePublisher = (
         SqlLogPublisher(event_log) if append_in is not None else OutboxPublisher()  # type: ignore[arg-type]
@@ -87,12 +85,6 @@ async def build_profile(settings: ProfileSettings) -> ProfileRuntime:
 
         workers.append(relay)
 
-    async def close() -> None:
-        await event_log.close()
-        if redis is not None:
-            await redis.aclose()
-        await engine.dispose()
-
     app = ServiceApp(
         registrations=[
             ServiceRegistration(
@@ -100,7 +92,7 @@ async def build_profile(settings: ProfileSettings) -> ProfileRuntime:
             )
         ],
         workers=workers,
-        close=close,
+        close=storage.close,
     )
     return ProfileRuntime(store, domain, event_log, app)
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from upm.segment.v1 import segment_service_pb2_grpc as pb_grpc
-from upm_common.db import create_engine
-from upm_common.eventlog import PROFILE_CHANGES, EventLog, consumer_name, create_event_log
-from upm_common.redis import create_redis
+from upm_common.eventlog import PROFILE_CHANGES, EventLog, consumer_name
 from upm_common.server import ServiceApp, ServiceRegistration
+from upm_common.storage import Storage
 from upm_segment.membership import MembershipHub, MembershipWorker
 from upm_segment.service import SegmentDomain
 from upm_segment.servicer import SERVICE_NAME, SegmentServicer
@@ -33,9 +32,8 @@ class SegmentRuntime:
 
 
 async def build_segment(settings: SegmentSettings) -> SegmentRuntime:
-    engine = create_engine(settings.database_url)
-    redis = create_redis(settings.redis_url) if settings.redis_url else None
-    event_log = create_event_log(settings, engine, redis)
+    storage = Storage.open(settings)
+    engine, event_log = storage.engine, storage.event_log
     store = SqlSegmentStore(engine)
     domain = SegmentDomain(
         store, engine, query_timeout_seconds=settings.segment_query_timeout_seconds
@@ -55,12 +53,6 @@ async def build_segment(settings: SegmentSettings) -> SegmentRuntime:
     )
     servicer = SegmentServicer(domain, hub)
 
-    async def close() -> None:
-        await event_log.close()
-        if redis is not None:
-            await redis.aclose()
-        await engine.dispose()
-
     app = ServiceApp(
         registrations=[
             ServiceRegistration(
@@ -68,7 +60,7 @@ async def build_segment(settings: SegmentSettings) -> SegmentRuntime:
             )
         ],
         workers=[worker.run],
-        close=close,
+        close=storage.close,
     )
     return SegmentRuntime(store, domain, worker, hub, event_log, app)
 
