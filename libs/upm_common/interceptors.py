@@ -122,8 +122,16 @@ _INTERNAL = rpc_status.to_status(
 )
 
 
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    """Turns exceptions raised by servicers into statuses with google.rpc details."""
+class _WrappingInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps each method's handler once and reuses the wrapped one on every later call.
+
+    grpc.aio runs `intercept_service` per call; building the wrapper closures and metric label
+    children per call cost more than the RPC's own bookkeeping on hot services.
+    """
+
+    def __init__(self) -> None:
+        # method -> (the handler seen, its wrapper); one entry per method, so bounded.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -134,7 +142,19 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = self._wrapped[method] = (handler, self.wrap_handler(method, handler))
+        return cached[1]
 
+    def wrap_handler(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
+
+
+class ErrorMappingInterceptor(_WrappingInterceptor):
+    """Turns exceptions raised by servicers into statuses with google.rpc details."""
+
+    def wrap_handler(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         def wrap(behavior: Behavior, _req_stream: bool, resp_stream: bool) -> Behavior:
             if resp_stream:
 
@@ -172,50 +192,42 @@ def _is_abort(exc: BaseException) -> bool:
     return type(exc).__name__ == "AbortError" or isinstance(exc, asyncio.CancelledError)
 
 
-class TelemetryInterceptor(grpc.aio.ServerInterceptor):
+class TelemetryInterceptor(_WrappingInterceptor):
     """One structured log line and the go-grpc-prometheus metrics per RPC. No payloads logged."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
+    def wrap_handler(
+        self, full_method: str, handler: grpc.RpcMethodHandler
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        full_method = handler_call_details.method
-        service, _, method = full_method.lstrip("/").rpartition("/")
-        rpc_type = _rpc_type(handler)
-        labels = (rpc_type, service, method)
+        metrics = _MethodMetrics(full_method, _rpc_type(handler))
 
         def wrap(behavior: Behavior, req_stream: bool, resp_stream: bool) -> Behavior:
             def count_requests(request: Any) -> Any:
                 if not req_stream:
-                    GRPC_MSG_RECEIVED.labels(*labels).inc()
+                    metrics.received.inc()
                     return request
-                return _counting(request, GRPC_MSG_RECEIVED.labels(*labels))
+                return _counting(request, metrics.received)
 
             if resp_stream:
 
                 async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                    started = _start(labels)
+                    started = metrics.start()
                     try:
                         async for response in behavior(count_requests(request), context):
-                            GRPC_MSG_SENT.labels(*labels).inc()
+                            metrics.sent.inc()
                             yield response
                     finally:
-                        _finish(labels, full_method, context, started)
+                        metrics.finish(context, started)
 
                 return streaming
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                started = _start(labels)
+                started = metrics.start()
                 try:
                     response = await behavior(count_requests(request), context)
-                    GRPC_MSG_SENT.labels(*labels).inc()
+                    metrics.sent.inc()
                     return response
                 finally:
-                    _finish(labels, full_method, context, started)
+                    metrics.finish(context, started)
 
             return unary
 
@@ -228,26 +240,38 @@ async def _counting(requests: AsyncIterator[Any], counter: Any) -> AsyncIterator
         yield request
 
 
-def _start(labels: tuple[str, str, str]) -> float:
-    GRPC_STARTED.labels(*labels).inc()
-    return time.perf_counter()
+class _MethodMetrics:
+    """The metric children of one method, looked up once rather than by label on every call."""
 
+    def __init__(self, full_method: str, rpc_type: str) -> None:
+        service, _, method = full_method.lstrip("/").rpartition("/")
+        self.full_method = full_method
+        self.labels = (rpc_type, service, method)
+        self.started = GRPC_STARTED.labels(*self.labels)
+        self.received = GRPC_MSG_RECEIVED.labels(*self.labels)
+        self.sent = GRPC_MSG_SENT.labels(*self.labels)
+        self.seconds = GRPC_HANDLING_SECONDS.labels(*self.labels)
+        self.handled: dict[str, Any] = {}
 
-def _finish(
-    labels: tuple[str, str, str],
-    full_method: str,
-    context: grpc.aio.ServicerContext,
-    started: float,
-) -> None:
-    elapsed = time.perf_counter() - started
-    code = context.code() or grpc.StatusCode.OK
-    if isinstance(code, int):
-        code = _CODES_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
-    if context.cancelled():
-        code = grpc.StatusCode.CANCELLED
-    GRPC_HANDLED.labels(*labels, code.name).inc()
-    GRPC_HANDLING_SECONDS.labels(*labels).observe(elapsed)
-    log.info("rpc", method=full_method, code=code.name, duration_ms=round(elapsed * 1000, 3))
+    def start(self) -> float:
+        self.started.inc()
+        return time.perf_counter()
+
+    def finish(self, context: grpc.aio.ServicerContext, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        code = context.code() or grpc.StatusCode.OK
+        if isinstance(code, int):
+            code = _CODES_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
+        if context.cancelled():
+            code = grpc.StatusCode.CANCELLED
+        handled = self.handled.get(code.name)
+        if handled is None:
+            handled = self.handled[code.name] = GRPC_HANDLED.labels(*self.labels, code.name)
+        handled.inc()
+        self.seconds.observe(elapsed)
+        log.info(
+            "rpc", method=self.full_method, code=code.name, duration_ms=round(elapsed * 1000, 3)
+        )
 
 
 _CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
