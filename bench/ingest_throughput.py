@@ -8,8 +8,9 @@ Measured in one run, on one machine:
   with one result per event and doing nothing else (the transport's ceiling);
 - xadd: the event log's own append of the same serialized events alone (one XADD per event,
   run by one script call per partition and batch, 8 batches in flight): the log's ceiling;
-- redis_dedup_xadd: every Redis command the service sends for a batch (dedup claim, append,
-  dedup confirm) and nothing else: the ceiling of the whole Redis side.
+- redis_dedup_xadd: every Redis command the service sends for a batch (the append that sets
+  each event's dedup mark, `SET NX EX`, and XADDs only the new ones, one script call per
+  partition) and nothing else: the ceiling of the whole Redis side.
 Then the p50 / p99 acknowledgement latency of one batch at half the measured throughput, in an
 open loop (batches sent on a fixed schedule, not waiting for each other), with batches of 100
 events (what Segment's server libraries flush at); the throughput phase sends batches of 500
@@ -111,7 +112,7 @@ async def _serve_ingest(redis_url: str, prefix: str) -> None:
     from upm_common.migrations import upgrade
     from upm_common.redis import create_redis
     from upm_common.server import build_server
-    from upm_ingest.server import build_ingest, freeze_startup_objects
+    from upm_ingest.server import build_ingest, tune_garbage_collector
     from upm_ingest.settings import IngestSettings
     from upm_ingest.store import SourceLimitOverrides
 
@@ -137,7 +138,7 @@ async def _serve_ingest(redis_url: str, prefix: str) -> None:
     record, write_key = await app.registry.create("bench", SourceLimitOverrides())
     running = await build_server(settings, app.service_app.registrations, port=0)
     await running.server.start()
-    freeze_startup_objects()  # as build_app does
+    tune_garbage_collector()  # as build_app does
     print(
         "READY "
         + json.dumps(
@@ -371,21 +372,17 @@ def _http_sender(session: Any, port: int, key: str) -> Send:
     return send
 
 
-def _log_records(bodies: list[bytes]) -> list[tuple[list[str], list[Any]]]:
-    """Message ids and event-log records of each batch, as the service appends them."""
+def _log_entries(bodies: list[bytes]) -> list[list[tuple[str, str, bytes]]]:
+    """(message id, log key, payload) of each batch's events, as the service appends them."""
     from upm.ingest.v1 import ingest_service_pb2 as pb
-    from upm_common.eventlog import LogRecord
 
-    out = []
-    for body in bodies:
-        events = pb.BatchIngestRequest.FromString(body).events
-        out.append(
-            (
-                [e.message_id for e in events],
-                [LogRecord(e.user_id or e.anonymous_id, e.SerializeToString()) for e in events],
-            )
-        )
-    return out
+    return [
+        [
+            (e.message_id, e.user_id or e.anonymous_id, e.SerializeToString())
+            for e in pb.BatchIngestRequest.FromString(body).events
+        ]
+        for body in bodies
+    ]
 
 
 async def _bare_redis(
@@ -395,33 +392,37 @@ async def _bare_redis(
 
     Without `dedup`: the log's append of each batch (one XADD per event, run by one script
     call per partition, all of a batch's calls in one round trip) -- the bare XADD ceiling.
-    With `dedup`: also the dedup claim before and the confirm after, i.e. every Redis command
-    the service sends for a batch, without gRPC, HTTP, validation or enrichment.
+    With `dedup`: the service's append, which also sets each event's dedup mark and appends
+    only new events (`RedisStreamsAppender`), without gRPC, HTTP, validation or enrichment.
     """
-    from upm_common.eventlog import EVENTS
+    from upm_common.eventlog import EVENTS, LogRecord
     from upm_common.eventlog.redis import RedisEventLog
     from upm_common.redis import create_redis
-    from upm_ingest.store.redis import RedisDedupStore
+    from upm_ingest.appenders import RedisStreamsAppender
 
     redis = create_redis(redis_url)
     name = "dedup" if dedup else "xadd"
     log = RedisEventLog(redis, prefix=f"{prefix}{name}")
-    store = RedisDedupStore(redis, prefix=f"{prefix}{name}-dedup")
-    batches = _log_records(bodies)
-    await log.append(EVENTS, batches[0][1][:1])  # load the script outside the measurement
+    appender = RedisStreamsAppender(log, prefix=f"{prefix}{name}-dedup", window_seconds=600)
+    batches = _log_entries(bodies)
+    log_records = [[LogRecord(key, payload) for _, key, payload in batch] for batch in batches]
+    # Load the script outside the measurement.
+    if dedup:
+        await appender.append("bench", [(WARM_UP_ID, *batches[0][0][1:])])
+    else:
+        await log.append(EVENTS, log_records[0][:1])
     queue = list(reversed(range(len(batches))))
     total = 0
 
     async def worker() -> None:
         nonlocal total
         while queue:
-            ids, records = batches[queue.pop()]
+            index = queue.pop()
             if dedup:
-                await store.claim("bench", ids, 60)
-            await log.append(EVENTS, records)
-            if dedup:
-                await store.confirm("bench", ids, 600)
-            total += len(records)
+                await appender.append("bench", batches[index])
+            else:
+                await log.append(EVENTS, log_records[index])
+            total += len(batches[index])
 
     _quiet_gc()
     try:
@@ -454,9 +455,12 @@ def _created_keys(prefix: str, source_id: str, sent: list[str]) -> list[str]:
     keys = [f"{prefix}{log}:{{events:{p}}}" for log in ("upm", "xadd", "dedup") for p in range(8)]
     if source_id:
         keys += [f"{prefix}dedup:{{{source_id}}}:{m}" for m in sent]
-    keys += [f"{prefix}{name}-dedup:{{bench}}:{m}" for name in ("dedup",) for m in sent]
+    keys += [f"{prefix}dedup-dedup:{{bench}}:{m}" for m in [*sent, WARM_UP_ID]]
     return keys
 
+
+WARM_UP_ID = "warm-up"
+"""The message id `_bare_redis` sends before measuring, to load the scripts."""
 
 KEY_PREFIX = "upmbench-ingest:"
 """Every Redis key a run creates starts with this plus the run's id; the run deletes them."""

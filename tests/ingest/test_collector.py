@@ -257,7 +257,7 @@ async def test_unavailable_log_answers_503_with_retry_after(
     async def broken(*args: Any, **kwargs: Any) -> list[str]:
         raise ConnectionError("log down")
 
-    monkeypatch.setattr(ingest.app.ingestor.event_log, "append", broken)
+    monkeypatch.setattr(ingest.app.event_log, "append", broken)
     body = make_event()
     status, answer, headers = await ingest.post("/v1/track", body)
     assert status == 503 and answer["code"] == "UNAVAILABLE"

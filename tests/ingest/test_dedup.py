@@ -11,6 +11,11 @@ from typing import Any
 import pytest
 
 from tests.ingest.conftest import Running, start_ingest
+from upm_common.errors import UnavailableError
+from upm_common.eventlog import EVENTS
+from upm_common.eventlog.redis import RedisEventLog
+from upm_common.redis import create_redis
+from upm_ingest.appenders import RedisStreamsAppender
 from upm_ingest.store import ClaimOutcome
 from upm_ingest.store.redis import RedisDedupStore
 from upm_ingest.store.sql import SqlDedupStore
@@ -147,10 +152,60 @@ async def test_sql_dedup_store_semantics(db_url: str) -> None:
 
 @pytest.mark.redis
 async def test_redis_dedup_store_semantics(redis_url: str, redis_prefix: str) -> None:
-    from upm_common.redis import create_redis
-
     client = create_redis(redis_url)
     try:
         await check_store_semantics(RedisDedupStore(client, prefix=f"{redis_prefix}dedup"))
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_streams_appender_appends_each_message_id_once(
+    redis_url: str, redis_prefix: str
+) -> None:
+    client = create_redis(redis_url)
+    log = RedisEventLog(client, partitions=2, prefix=f"{redis_prefix}upm")
+    appender = RedisStreamsAppender(log, prefix=f"{redis_prefix}dedup", window_seconds=60)
+    try:
+        await log.ensure_group(EVENTS, "g")
+        first, second = await asyncio.gather(
+            appender.append("s", [("a", "k1", b"A"), ("b", "k2", b"B")]),
+            appender.append("s", [("b", "k2", b"B"), ("c", "k3", b"C")]),
+        )
+        assert first == [ClaimOutcome.NEW, ClaimOutcome.NEW]
+        assert second == [ClaimOutcome.DUPLICATE, ClaimOutcome.NEW]
+        # Another source may use the same message ids.
+        assert await appender.append("t", [("a", "k1", b"A2")]) == [ClaimOutcome.NEW]
+        # An id a claiming writer holds but has not appended yet: retry, never "duplicate".
+        store = RedisDedupStore(client, prefix=f"{redis_prefix}dedup")
+        assert await store.claim("s", ["d"], 60) == {"d": ClaimOutcome.NEW}
+        with pytest.raises(UnavailableError):
+            await appender.append("s", [("d", "k4", b"D")])
+        payloads = []
+        while claimed := await log.claim(EVENTS, "g", "c", 100):
+            payloads += [d.payload for d in claimed]
+            await log.ack(EVENTS, "g", [d.id for d in claimed])
+        assert sorted(payloads) == [b"A", b"A2", b"B", b"C"]
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.redis
+async def test_a_failed_redis_streams_append_leaves_no_dedup_mark(
+    redis_url: str, redis_prefix: str
+) -> None:
+    client = create_redis(redis_url)
+    log = RedisEventLog(client, partitions=1, prefix=f"{redis_prefix}upm")
+    appender = RedisStreamsAppender(log, prefix=f"{redis_prefix}dedup", window_seconds=60)
+    stream = log.stream_key(EVENTS, 0)
+    try:
+        await client.set(stream, "not a stream")  # every XADD now fails
+        with pytest.raises(UnavailableError):
+            await appender.append("s", [("a", "k", b"A")])
+        assert not await client.exists(f"{redis_prefix}dedup:{{s}}:a")
+        await client.delete(stream)
+        # Nothing was acknowledged, so the resend is appended, not reported as a duplicate.
+        assert await appender.append("s", [("a", "k", b"A")]) == [ClaimOutcome.NEW]
+        assert await client.xlen(stream) == 1
     finally:
         await client.aclose()

@@ -20,6 +20,9 @@ to the oldest entry some group still needs (its oldest pending entry, or the fir
 its last delivered one), so unconsumed entries are never trimmed: under consumer lag the bound is
 soft. Without any group nothing is trimmed (a group created later starts at the oldest entry).
 
+Deduplicating append (Redis only, used by ingest): `append_new` appends a record only if its
+dedup mark key did not exist, and sets the mark in the same script call (see the method).
+
 Durability: `append` returns after Redis accepted the XADDs; how durable that is follows the
 server's persistence (run Redis with `appendonly yes`; `appendfsync always` for no loss on a
 power cut).
@@ -111,6 +114,36 @@ for i = 1, #fields, 2 do
   ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', 'k', fields[i], 'p', fields[i + 1])
 end
 return table.concat(ids, ' ')
+"""
+
+# KEYS[1]: the stream. ARGV[1]: the prefix of the dedup marks (it ends with the caller's
+# hash tag); ARGV[2]: how long a mark lives, in seconds; ARGV[3]: the records as one
+# MessagePack array dedup id, key, payload, dedup id, key, payload, ...
+# Each record is appended only if its mark `<prefix><dedup id>` did not exist; the mark is set
+# in the same step, so a record is appended once per mark and no mark exists without its
+# entry (a failed XADD deletes the mark it just set, then fails the call). Returns one digit
+# per record, as one string: 1 appended, 2 held by a pending claim of `RedisDedupStore`
+# (value 'p'), 3 already appended (value '1').
+_APPEND_NEW_LUA = """
+local stream, prefix, ttl = KEYS[1], ARGV[1], ARGV[2]
+local fields = cmsgpack.unpack(ARGV[3])
+local out = {}
+for i = 1, #fields, 3 do
+  local mark = prefix .. fields[i]
+  if redis.call('SET', mark, '1', 'NX', 'EX', ttl) then
+    local id = redis.pcall('XADD', stream, '*', 'k', fields[i + 1], 'p', fields[i + 2])
+    if type(id) == 'table' and id.err then
+      redis.call('DEL', mark)
+      return id
+    end
+    out[#out + 1] = '1'
+  elseif redis.call('GET', mark) == '1' then
+    out[#out + 1] = '3'
+  else
+    out[#out + 1] = '2'
+  end
+end
+return table.concat(out)
 """
 
 _ARRAY32 = struct.Struct(">BI").pack
@@ -246,6 +279,10 @@ class RedisEventLog:
         self._append_sha = hashlib.sha1(_APPEND_LUA.encode()).hexdigest()
         self._join = join_appends
         self._joiner: CallJoiner[str, LogRecord, str] = CallJoiner(self._append_now)
+        self._append_new_sha = hashlib.sha1(_APPEND_NEW_LUA.encode()).hexdigest()
+        self._new_joiner: CallJoiner[tuple[str, str, int], tuple[str, str, bytes], str] = (
+            CallJoiner(self._append_new_now)
+        )
         self._last_trim: dict[str, float] = {}
         self._cursor = 0
 
@@ -295,10 +332,87 @@ class RedisEventLog:
             await self._maybe_trim(topic, sorted(by_partition))
         return ids
 
+    async def append_new(
+        self,
+        topic: str,
+        records: Sequence[tuple[str, str, bytes]],
+        *,
+        mark_prefix: str,
+        mark_seconds: int,
+    ) -> list[str]:
+        """Append the (dedup id, key, payload) records whose dedup mark is new (Redis only).
+
+        A record's mark is the key `<mark_prefix><dedup id>`; it is set for `mark_seconds` in
+        the same script call that appends the record, so each mark's record is appended
+        exactly once and the append and the mark cannot be separated by a crash. Returns one
+        code per record: "1" appended now, "3" its mark held an appended record, "2" its mark
+        is a pending claim of another writer (see `_APPEND_NEW_LUA`). Raises when Redis
+        fails; the records appended before the failure keep their marks.
+
+        The marks must be on the same Redis as the streams (one script call touches both):
+        `mark_prefix` should carry its own hash tag, and the combination suits one Redis
+        server with replicas, not a Redis Cluster.
+        """
+        if not records:
+            return []
+        # Concurrent calls of a topic and mark prefix share one round trip (see CallJoiner).
+        return await self._new_joiner((topic, mark_prefix, mark_seconds), records)
+
+    async def _append_new_now(
+        self, group: tuple[str, str, int], records: list[tuple[str, str, bytes]]
+    ) -> list[str]:
+        topic, mark_prefix, mark_seconds = group
+        crc32 = zlib.crc32
+        partitions = self._partitions
+        # MessagePack parts and record indexes per partition, written in one pass.
+        parts: dict[int, list[bytes]] = {}
+        indexes: dict[int, list[int]] = {}
+        pack = _STR32
+        for index, (dedup_id, key, payload) in enumerate(records):
+            raw_key = key.encode("utf-8")
+            raw_id = dedup_id.encode("utf-8")
+            partition = crc32(raw_key) % partitions
+            out = parts.get(partition)
+            if out is None:
+                out = parts[partition] = []
+                indexes[partition] = []
+            indexes[partition].append(index)
+            # str32 items, as in `msgpack_strings`, written inline (this runs per event).
+            out += (
+                pack(0xDB, len(raw_id)),
+                raw_id,
+                pack(0xDB, len(raw_key)),
+                raw_key,
+                pack(0xDB, len(payload)),
+                payload,
+            )
+        calls = [
+            (
+                self.stream_key(topic, partition),
+                _ARRAY32(0xDD, 3 * len(indexes[partition])) + b"".join(out),
+            )
+            for partition, out in parts.items()
+        ]
+        replies = await self._eval_each(
+            _APPEND_NEW_LUA, self._append_new_sha, calls, mark_prefix, mark_seconds
+        )
+        codes = [""] * len(records)
+        for partition, reply in zip(parts, replies, strict=True):
+            text = _text(reply)
+            positions = indexes[partition]
+            if len(text) != len(positions):
+                raise RuntimeError("the append script answered the wrong number of codes")
+            for index, code in zip(positions, text, strict=True):
+                codes[index] = code
+        if self._max_len is not None:
+            await self._maybe_trim(topic, sorted(parts))
+        return codes
+
     async def _eval_each(
-        self, script: str, sha: str, calls: Sequence[tuple[str, bytes]]
+        self, script: str, sha: str, calls: Sequence[tuple[str, bytes]], *shared: str | int
     ) -> list[Any]:
-        """EVALSHA `script` once per (key, argument), in one round trip.
+        """EVALSHA `script` once per (key, argument), in one round trip; `shared` arguments
+        come first in every call.
 
         Plain EVALSHA commands rather than redis-py Script objects: a pipeline holding Script
         objects first asks SCRIPT EXISTS, an extra round trip on every call. A server that
@@ -309,10 +423,10 @@ class RedisEventLog:
             try:
                 if len(calls) == 1:
                     key, argument = calls[0]
-                    return [await self._redis.evalsha(sha, 1, key, argument)]
+                    return [await self._redis.evalsha(sha, 1, key, *shared, argument)]
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for key, argument in calls:
-                        pipe.evalsha(sha, 1, key, argument)
+                        pipe.evalsha(sha, 1, key, *shared, argument)
                     return list(await pipe.execute())
             except NoScriptError:
                 if attempt:

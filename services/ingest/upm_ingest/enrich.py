@@ -201,7 +201,7 @@ class Enricher:
         self.tables = load_tables(self._folder)
         self._referrer_cache: dict[str, ReferrerMatch | None] = {}
         self._query_cache: dict[str, list[tuple[str, str, bool]]] = {}
-        self._context_cache: dict[tuple[str, str, str, str], event_pb2.Context] = {}
+        self._context_cache: dict[tuple[str, str, str, str], bytes] = {}
         # Load the user agent parser's tables now, not on the first request.
         parse_user_agent("Mozilla/5.0 (X11; Linux x86_64) Chrome/124.0 Safari/537.36")
 
@@ -258,7 +258,8 @@ class Enricher:
         if not referrer and "referrer" in event.properties:
             value = event.properties["referrer"]
             referrer = value if isinstance(value, str) else ""
-        query = page.search.lstrip("?") if page.search else ""
+        search = page.search
+        query = search.lstrip("?") if search else ""
         if not query and url:
             query = urlsplit(url).query
         user_agent = context.user_agent[:1024]
@@ -271,19 +272,25 @@ class Enricher:
             self._enrich_context(context, query, referrer, url, user_agent)
         else:
             # The common case: what enrichment adds depends only on these four strings, so
-            # it is computed once per distinct combination and merged in with one call.
+            # it is computed once per distinct combination, kept serialized as an Event that
+            # holds only that context, and merged in by one C-level parse (several times
+            # cheaper than MergeFrom of a Context message).
             key = (query, referrer, url if referrer else "", user_agent)
             cache = self._context_cache
             fragment = cache.get(key)
             if fragment is None:
-                fragment = event_pb2.Context()
-                self._enrich_context(fragment, query, referrer, url, user_agent)
+                enriched = event_pb2.Event()
+                self._enrich_context(enriched.context, query, referrer, url, user_agent)
+                fragment = enriched.SerializeToString()
                 if len(cache) >= 10_000:
                     cache.clear()
                 cache[key] = fragment
-            context.MergeFrom(fragment)
-        ip = context.ip or client_ip
-        context.ip = truncate_ip(ip, self._ip_privacy)
+            event.MergeFromString(fragment)
+        ip = context.ip
+        if ip or client_ip:
+            kept = truncate_ip(ip or client_ip, self._ip_privacy)
+            if kept != ip:
+                context.ip = kept
 
     def _enrich_context(
         self,

@@ -1,9 +1,9 @@
 """Validation and normalisation of Segment-spec events.
 
-Two doors lead here: Segment JSON from the HTTP collector (`from_segment_json`) and
-`upm.common.v1.Event` messages from gRPC (`check_proto_event`). Both end in one normalised
-`Event` proto, or a `FieldError` naming the offending field as a Segment JSON path (HTTP) or a
-proto field path (gRPC).
+Two doors lead here: Segment JSON from the HTTP collector (`from_segment_json`, then
+`finalize`) and `upm.common.v1.Event` messages from gRPC (`normalize_proto_event`). Both end in
+one normalised `Event` proto, or a `FieldError` naming the offending field as a Segment JSON path
+(HTTP) or a proto field path (gRPC).
 """
 
 from __future__ import annotations
@@ -140,7 +140,9 @@ def _json_shape_error(
 # NaN and the infinities have an all-ones exponent. The same bytes may occur inside strings, so
 # a match proves nothing (the full check runs), but no match proves the struct is flat and its
 # numbers finite.
-_NESTED_OR_NOT_FINITE = re.compile(rb"[\x2a\x32]|\x11.{6}[\xf0-\xff][\x7f\xff]", re.DOTALL)
+_NOT_FINITE_NUMBER = rb"\x11.{6}[\xf0-\xff][\x7f\xff]"
+_NESTED_OR_NOT_FINITE = re.compile(rb"[\x2a\x32]|" + _NOT_FINITE_NUMBER, re.DOTALL)
+_NOT_FINITE = re.compile(_NOT_FINITE_NUMBER, re.DOTALL)
 
 
 def check_struct_shape(struct: struct_pb2.Struct, path: str, limits: ShapeLimits) -> None:
@@ -394,9 +396,10 @@ def from_segment_json(
         if type_name is not None and str(type_name).lower() != implied_type:
             raise FieldError("type", f"must be {implied_type!r} on this endpoint")
         type_name = implied_type
-    if not isinstance(type_name, str) or type_name.lower() not in TYPE_BY_NAME:
+    kind = TYPE_BY_NAME.get(type_name.lower()) if isinstance(type_name, str) else None
+    if kind is None:
         raise FieldError("type", "must be one of " + ", ".join(TYPE_BY_NAME))
-    event.type = TYPE_BY_NAME[type_name.lower()]  # type: ignore[assignment]
+    event.type = kind  # type: ignore[assignment]
     message_id = data.get("messageId")
     if message_id is not None:
         if not isinstance(message_id, str):
@@ -432,8 +435,11 @@ def from_segment_json(
     context = _object(data.get("context"), "context") or {}
     if defaults is not None and defaults.context:
         context = {**defaults.context, **context}
-    _fill_context(event.context, context)
-    event.identifiers.extend(_external_ids(context.get("externalIds")))
+    if context:
+        _fill_context(event.context, context)
+        external_ids = context.get("externalIds")
+        if external_ids is not None:
+            event.identifiers.extend(_external_ids(external_ids))
     integrations = _object(data.get("integrations"), "integrations")
     if integrations is None and defaults is not None and defaults.integrations:
         integrations = dict(defaults.integrations)
@@ -471,59 +477,46 @@ def _raise_too_long(message: Any, names: tuple[str, ...], limit: int, prefix: st
             raise FieldError(f"{prefix}{name}", f"longer than {limit} characters")
 
 
-def check_proto_event(
+def _proto_shape_ok(data: bytes, limits: ShapeLimits) -> bool:
+    """True when a serialized event certainly passes every string-length, depth and number
+    check of `normalize_proto_event` (one C-level pass over bytes the caller has anyway).
+
+    - No string or key is longer than the whole event (characters <= bytes).
+    - A Struct field (properties, traits, ...) is at depth 2, and each level nested inside it
+      shows as a tag byte 0x2A (Value.struct_value) or 0x32 (Value.list_value): the depth is
+      at most 2 plus the number of such bytes (the count includes unrelated bytes too, which
+      only makes the bound looser).
+    - Non-finite numbers: see _NESTED_OR_NOT_FINITE.
+    False only means "run the field-by-field checks".
+    """
+    return (
+        len(data) <= limits.max_string_length
+        and data.count(b"\x2a") + data.count(b"\x32") + 2 <= limits.max_depth
+        and _NOT_FINITE.search(data) is None
+    )
+
+
+def normalize_proto_event(
     event: event_pb2.Event,
     *,
     implied_type: int | None,
     limits: ShapeLimits,
-    size: int | None = None,
-) -> tuple[event_pb2.Event, int | None]:
-    """Validate a gRPC event in place; returns it and its sent time (ns since the epoch).
+    received: int,
+    source_id: str,
+    data: bytes | None = None,
+) -> event_pb2.Event:
+    """Validate a gRPC event and `finalize` it, in place; field names are proto paths.
 
-    `size` is the event's serialized size when the caller knows it: no string of an event can
-    be longer than the event (characters <= bytes), so small events skip the length checks.
+    `data` is the event serialized, when the caller has it: small, flat events then skip the
+    field-by-field shape and length checks (see `_proto_shape_ok`).
     """
     if implied_type is not None:
         if event.type not in (event_pb2.EVENT_TYPE_UNSPECIFIED, implied_type):
             raise FieldError("type", f"must be {NAME_BY_TYPE[implied_type]} for this call")
         event.type = implied_type  # type: ignore[assignment]
-    if event.HasField("properties"):
-        check_struct_shape(event.properties, "properties", limits)
-    if event.HasField("traits"):
-        check_struct_shape(event.traits, "traits", limits)
-    if event.HasField("integrations"):
-        check_struct_shape(event.integrations, "integrations", limits)
-    longest = limits.max_string_length
-    long_strings = size is None or size > longest
-    if event.HasField("context"):
-        context = event.context
-        if context.HasField("traits"):
-            check_struct_shape(context.traits, "context.traits", limits)
-        if context.HasField("extra"):
-            check_struct_shape(context.extra, "context.extra", limits)
-        if long_strings:
-            if (
-                max(
-                    len(context.ip),
-                    len(context.user_agent),
-                    len(context.locale),
-                    len(context.timezone),
-                    len(context.library_name),
-                )
-                > longest
-            ):
-                _raise_too_long(context, _CONTEXT_STRINGS, longest, "context.")
-            if context.HasField("page"):
-                page = context.page
-                if (
-                    max(len(page.url), len(page.path), len(page.referrer), len(page.search))
-                    > longest
-                    or len(page.title) > longest
-                ):
-                    _raise_too_long(page, _PAGE_FIELDS, longest, "context.page.")
-    if long_strings and max(len(event.event), len(event.name)) > longest:
-        _raise_too_long(event, ("event", "name"), longest, "")
-    if (size is None or size > MAX_ID_LENGTH) and max(
+    if data is None or not _proto_shape_ok(data, limits):
+        _check_proto_shape(event, limits)
+    if (data is None or len(data) > MAX_ID_LENGTH) and max(
         len(event.user_id),
         len(event.anonymous_id),
         len(event.group_id),
@@ -532,15 +525,65 @@ def check_proto_event(
         _raise_too_long(
             event, ("user_id", "anonymous_id", "group_id", "previous_id"), MAX_ID_LENGTH, ""
         )
-    if event.HasField("event_time"):
+    # Presence is looked up once and handed to `_finalize` (each HasField costs about as much
+    # as the checks themselves).
+    has_event_time = event.HasField("event_time")
+    if has_event_time:
         _check_stamp(event.event_time, "event_time")
     sent = None
     if event.HasField("sent_time"):
-        _check_stamp(event.sent_time, "sent_time")
-        sent = _stamp_ns(event.sent_time)
-    if event.HasField("original_time"):
+        sent_time = event.sent_time
+        _check_stamp(sent_time, "sent_time")
+        sent = sent_time.seconds * _NS + sent_time.nanos
+    has_original_time = event.HasField("original_time")
+    if has_original_time:
         _check_stamp(event.original_time, "original_time")
-    return event, sent
+    return _finalize(
+        event,
+        sent_at=sent,
+        received=received,
+        source_id=source_id,
+        proto_names=True,
+        has_event_time=has_event_time,
+        has_original_time=has_original_time,
+    )
+
+
+def _check_proto_shape(event: event_pb2.Event, limits: ShapeLimits) -> None:
+    """Depth, string lengths and finite numbers of every free-form and string field."""
+    if event.HasField("properties"):
+        check_struct_shape(event.properties, "properties", limits)
+    if event.HasField("traits"):
+        check_struct_shape(event.traits, "traits", limits)
+    if event.HasField("integrations"):
+        check_struct_shape(event.integrations, "integrations", limits)
+    longest = limits.max_string_length
+    if event.HasField("context"):
+        context = event.context
+        if context.HasField("traits"):
+            check_struct_shape(context.traits, "context.traits", limits)
+        if context.HasField("extra"):
+            check_struct_shape(context.extra, "context.extra", limits)
+        if (
+            max(
+                len(context.ip),
+                len(context.user_agent),
+                len(context.locale),
+                len(context.timezone),
+                len(context.library_name),
+            )
+            > longest
+        ):
+            _raise_too_long(context, _CONTEXT_STRINGS, longest, "context.")
+        if context.HasField("page"):
+            page = context.page
+            if (
+                max(len(page.url), len(page.path), len(page.referrer), len(page.search)) > longest
+                or len(page.title) > longest
+            ):
+                _raise_too_long(page, _PAGE_FIELDS, longest, "context.page.")
+    if max(len(event.event), len(event.name)) > longest:
+        _raise_too_long(event, ("event", "name"), longest, "")
 
 
 def _check_stamp(stamp: Any, name: str) -> None:
@@ -568,51 +611,80 @@ def finalize(
       corrects the client's clock skew; the client's own timestamp is kept as `original_time`.
       Without a timestamp the event happened when it was received.
     """
+    return _finalize(
+        event,
+        sent_at=sent_at,
+        received=received,
+        source_id=source_id,
+        proto_names=proto_names,
+        has_event_time=event.HasField("event_time"),
+        has_original_time=event.HasField("original_time"),
+    )
 
-    def name(segment_name: str) -> str:
-        return PROTO_NAMES.get(segment_name, segment_name) if proto_names else segment_name
 
+def _finalize(
+    event: event_pb2.Event,
+    *,
+    sent_at: int | None,
+    received: int,
+    source_id: str,
+    proto_names: bool,
+    has_event_time: bool,
+    has_original_time: bool,
+) -> event_pb2.Event:
     kind = event.type
     if kind == event_pb2.EVENT_TYPE_UNSPECIFIED:
-        raise FieldError(name("type"), "is required")
+        raise FieldError(_field_name("type", proto_names), "is required")
     message_id = event.message_id
     if not message_id:
         event.message_id = f"upm-{uuid.uuid4()}"
     elif len(message_id) > MAX_ID_LENGTH:
-        raise FieldError(name("messageId"), f"longer than {MAX_ID_LENGTH} characters")
+        raise FieldError(
+            _field_name("messageId", proto_names), f"longer than {MAX_ID_LENGTH} characters"
+        )
     if kind == event_pb2.EVENT_TYPE_ALIAS:
         if not event.user_id:
-            raise FieldError(name("userId"), "is required for alias")
+            raise FieldError(_field_name("userId", proto_names), "is required for alias")
         if not event.previous_id:
-            raise FieldError(name("previousId"), "is required for alias")
+            raise FieldError(_field_name("previousId", proto_names), "is required for alias")
     elif not event.user_id and not event.anonymous_id:
-        raise FieldError(name("userId"), "userId or anonymousId is required")
+        raise FieldError(_field_name("userId", proto_names), "userId or anonymousId is required")
     if kind == event_pb2.EVENT_TYPE_TRACK and not event.event.strip():
-        raise FieldError(name("event"), "is required for track")
+        raise FieldError(_field_name("event", proto_names), "is required for track")
     if kind == event_pb2.EVENT_TYPE_GROUP and not event.group_id:
-        raise FieldError(name("groupId"), "is required for group")
-    event_time = event.event_time
-    if event.HasField("event_time"):
-        client_time: int | None = event_time.seconds * _NS + event_time.nanos
-    elif event.HasField("original_time"):
+        raise FieldError(_field_name("groupId", proto_names), "is required for group")
+    # Each HasField and sub-message access costs about as much as the arithmetic here, so the
+    # common cases touch as few as possible: a timestamp and no sentAt leaves event_time as is.
+    if has_event_time:
+        event_time = event.event_time
+        if not has_original_time:
+            event.original_time.CopyFrom(event_time)
+        if sent_at is not None:
+            client_time = event_time.seconds * _NS + event_time.nanos
+            _correct(event_time, client_time + received - sent_at, proto_names)
+    elif has_original_time:
         client_time = _stamp_ns(event.original_time)
+        skew = received - sent_at if sent_at is not None else 0
+        _correct(event.event_time, client_time + skew, proto_names)
     else:
-        client_time = None
-    if client_time is None:
-        corrected = received
-    else:
-        if not event.HasField("original_time"):
-            _set_stamp(event.original_time, client_time)
-        corrected = client_time + (received - sent_at if sent_at is not None else 0)
-        if not 0 <= corrected < _LATEST_SECONDS * _NS:
-            raise FieldError(name("sentAt"), "is too far from the receive time")
-    event_time.seconds, event_time.nanos = divmod(corrected, _NS)
+        _set_stamp(event.event_time, received)
     if sent_at is not None:
         _set_stamp(event.sent_time, sent_at)
     stamp = event.received_time
     stamp.seconds, stamp.nanos = divmod(received, _NS)
     event.source_id = source_id
     return event
+
+
+def _field_name(segment_name: str, proto_names: bool) -> str:
+    return PROTO_NAMES.get(segment_name, segment_name) if proto_names else segment_name
+
+
+def _correct(event_time: Any, corrected: int, proto_names: bool) -> None:
+    """Set `event_time` to the client's time corrected by its clock skew."""
+    if not 0 <= corrected < _LATEST_SECONDS * _NS:
+        raise FieldError(_field_name("sentAt", proto_names), "is too far from the receive time")
+    _set_stamp(event_time, corrected)
 
 
 def identity_key(event: event_pb2.Event) -> str:

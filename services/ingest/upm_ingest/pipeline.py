@@ -1,8 +1,8 @@
 """The ingest pipeline shared by the gRPC service and the HTTP collector.
 
 For one request of already parsed events: rate limit, enrichment, suppression, deduplication,
-a durable append to the event log, and one result per event. An event is reported ACCEPTED only
-after `EventLog.append` returned.
+a durable append to the event log (see appenders.py), and one result per event. An event is
+reported ACCEPTED only after its append returned.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from prometheus_client import Counter, Histogram
 
 from upm.common.v1 import event_pb2
 from upm.ingest.v1 import ingest_service_pb2 as pb
-from upm_common.errors import ResourceExhaustedError, UnavailableError
-from upm_common.eventlog import EVENTS, EventLog, LogRecord
+from upm_common.errors import ResourceExhaustedError
+from upm_ingest.appenders import EventAppender
 from upm_ingest.enrich import Enricher
 from upm_ingest.events import FieldError
 from upm_ingest.ratelimit import TokenBuckets
 from upm_ingest.sources import Source
-from upm_ingest.store import ClaimOutcome, DedupStore
+from upm_ingest.store import ClaimOutcome
 from upm_ingest.suppression import Suppressions
 
 log = structlog.get_logger(__name__)
@@ -38,7 +38,7 @@ EVENTS_TOTAL = Counter(
 )
 APPEND_SECONDS = Histogram(
     "upm_ingest_append_seconds",
-    "Time to append one request's accepted events to the event log.",
+    "Time to deduplicate and append one request's new events to the event log.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 _STATUS_NAMES: dict[int, str] = {
@@ -86,27 +86,25 @@ class Result:
         )
 
 
+_UNSET = Result(-1, "", REJECTED)
+"""Placeholder of a result not known yet (every one is replaced before `submit` returns)."""
+
+
 class Ingestor:
     """Runs requests of parsed events through the pipeline into the event log."""
 
     def __init__(
         self,
         *,
-        event_log: EventLog,
-        dedup: DedupStore,
+        appender: EventAppender,
         suppressions: Suppressions,
         enricher: Enricher,
         limiter: TokenBuckets | None = None,
-        dedup_window_seconds: int = 7 * 24 * 3600,
-        pending_seconds: int = 60,
     ) -> None:
-        self.event_log = event_log
-        self.dedup = dedup
+        self.appender = appender
         self.suppressions = suppressions
         self.enricher = enricher
         self.limiter = limiter or TokenBuckets()
-        self.dedup_window_seconds = dedup_window_seconds
-        self.pending_seconds = pending_seconds
 
     def check_rate(self, source: Source, count: int) -> None:
         """Take `count` tokens from the source's bucket or raise RESOURCE_EXHAUSTED."""
@@ -150,10 +148,15 @@ class Ingestor:
         Raises UnavailableError (nothing acknowledged, safe to resend) when the event log or the
         dedup store fails, or when an event's message id is in flight in another request.
         """
-        results: list[Result | None] = [None] * len(candidates)
-        valid: list[int] = []
-        events: list[event_pb2.Event] = []
+        await self.suppressions.refresh()
+        suppressed = self.suppressions.matcher()
         enrich = self.enricher.enrich
+        results: list[Result] = [_UNSET] * len(candidates)
+        # One pass: the events to append, as (message id, log key, payload), and where their
+        # results go. Only those are enriched and serialized.
+        positions: list[int] = []
+        entries: list[tuple[str, str, bytes]] = []
+        seen: set[str] = set()
         for index, candidate in enumerate(candidates):
             event = candidate.event
             if event is None:
@@ -162,108 +165,42 @@ class Ingestor:
                     index, candidate.message_id, REJECTED, error.reason, error.field
                 )
                 continue
+            message_id = candidate.message_id or event.message_id
+            if suppressed is not None and suppressed(event):
+                results[index] = Result(index, message_id, SUPPRESSED)
+                continue
+            if message_id in seen:
+                results[index] = Result(index, message_id, DUPLICATE)
+                continue
+            seen.add(message_id)
             try:
                 enrich(event, client_ip=candidate.client_ip)
             except Exception:
-                log.exception("enrichment failed", message_id=event.message_id)
-            valid.append(index)
-            events.append(event)
+                log.exception("enrichment failed", message_id=message_id)
+            positions.append(index)
+            entries.append(
+                (message_id, event.user_id or event.anonymous_id, event.SerializeToString())
+            )
 
-        suppressed = await self.suppressions.suppressed(events)
-        # message id -> (index, event) of the first event of the request with that id
-        fresh: dict[str, tuple[int, event_pb2.Event]] = {}
-        for position, index in enumerate(valid):
-            event = events[position]
-            message_id = candidates[index].message_id or event.message_id
-            if suppressed and position in suppressed:
-                results[index] = Result(index, message_id, SUPPRESSED)
-            elif message_id in fresh:
-                results[index] = Result(index, message_id, DUPLICATE)
-            else:
-                fresh[message_id] = (index, event)
-
-        if fresh:
-            await self._dedup_and_append(source, fresh, results)
-        final = [r for r in results if r is not None]
+        if entries:
+            started = time.perf_counter()
+            outcomes = await self.appender.append(source.source_id, entries)
+            APPEND_SECONDS.observe(time.perf_counter() - started)
+            for index, (message_id, _, _), outcome in zip(
+                positions, entries, outcomes, strict=True
+            ):
+                results[index] = Result(
+                    index, message_id, ACCEPTED if outcome is ClaimOutcome.NEW else DUPLICATE
+                )
         counts: dict[int, int] = {}
-        for result in final:
+        for result in results:
             counts[result.status] = counts.get(result.status, 0) + 1
         for status, count in counts.items():
             counter = _EVENTS_TOTAL_BY_STATUS.get((door, status))
             if counter is None:
                 counter = EVENTS_TOTAL.labels(door, _STATUS_NAMES[status])
             counter.inc(count)
-        return final
-
-    async def _dedup_and_append(
-        self,
-        source: Source,
-        fresh: dict[str, tuple[int, event_pb2.Event]],
-        results: list[Result | None],
-    ) -> None:
-        message_ids = list(fresh)
-        try:
-            outcomes = await self.dedup.claim(source.source_id, message_ids, self.pending_seconds)
-        except Exception as exc:
-            log.exception("dedup store failed")
-            raise UnavailableError("the dedup store is unavailable", retry_after_seconds=2) from exc
-        claimed: list[str] = []
-        in_flight = 0
-        for message_id in message_ids:
-            outcome = outcomes[message_id]
-            if outcome is ClaimOutcome.NEW:
-                claimed.append(message_id)
-            elif outcome is ClaimOutcome.IN_FLIGHT:
-                in_flight += 1
-        if in_flight:
-            # Another request holds these ids and has not acknowledged them yet. Answering
-            # DUPLICATE could lose the event if that request fails, so nothing of this request
-            # is acknowledged: the client resends after the other request finished.
-            await self._release(source, claimed)
-            raise UnavailableError(
-                f"{in_flight} message id(s) of this request are being ingested by another "
-                "request; resend shortly",
-                retry_after_seconds=1,
-                reason="MESSAGE_IN_FLIGHT",
-            )
-        if len(claimed) < len(message_ids):
-            for message_id in message_ids:
-                if outcomes[message_id] is ClaimOutcome.DUPLICATE:
-                    index = fresh[message_id][0]
-                    results[index] = Result(index, message_id, DUPLICATE)
-        if not claimed:
-            return
-        records = []
-        for message_id in claimed:
-            event = fresh[message_id][1]
-            records.append(
-                LogRecord(event.user_id or event.anonymous_id, event.SerializeToString())
-            )
-        started = time.perf_counter()
-        try:
-            await self.event_log.append(EVENTS, records)
-        except Exception as exc:
-            log.exception("event log append failed", count=len(records))
-            await self._release(source, claimed)
-            raise UnavailableError("the event log is unavailable", retry_after_seconds=2) from exc
-        APPEND_SECONDS.observe(time.perf_counter() - started)
-        for message_id in claimed:
-            index = fresh[message_id][0]
-            results[index] = Result(index, message_id, ACCEPTED)
-        try:
-            await self.dedup.confirm(source.source_id, claimed, self.dedup_window_seconds)
-        except Exception:
-            # The events are durable; only their dedup marks stay short-lived. A resend after
-            # the pending time would be appended twice, which consumers absorb by event id.
-            log.exception("dedup confirm failed", count=len(claimed))
-
-    async def _release(self, source: Source, message_ids: list[str]) -> None:
-        if not message_ids:
-            return
-        try:
-            await self.dedup.release(source.source_id, message_ids)
-        except Exception:
-            log.exception("dedup release failed", count=len(message_ids))
+        return results
 
 
 def received_now() -> int:

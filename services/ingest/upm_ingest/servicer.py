@@ -11,7 +11,7 @@ from upm.common.v1 import event_pb2
 from upm.ingest.v1 import ingest_service_pb2 as pb
 from upm.ingest.v1 import ingest_service_pb2_grpc as pb_grpc
 from upm_common.errors import InvalidArgumentError, UnauthenticatedError
-from upm_ingest.events import FieldError, ShapeLimits, check_proto_event, finalize
+from upm_ingest.events import FieldError, ShapeLimits, normalize_proto_event
 from upm_ingest.pipeline import Candidate, Ingestor, Result, received_now
 from upm_ingest.sources import Source, SourceRegistry
 from upm_ingest.store import SourceLimitOverrides, SourceRecord
@@ -103,20 +103,20 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
         received: int | None = None,
     ) -> Candidate:
         try:
-            size = event.ByteSize()
-            if size > source.limits.max_event_bytes:
+            # Serialized once, up front: the size limit and the shape checks read these bytes
+            # (see events._proto_shape_ok), which is cheaper than walking the fields.
+            data = event.SerializeToString()
+            if len(data) > source.limits.max_event_bytes:
                 raise FieldError(
-                    "", f"event of {size} bytes exceeds {source.limits.max_event_bytes}"
+                    "", f"event of {len(data)} bytes exceeds {source.limits.max_event_bytes}"
                 )
-            checked, sent = check_proto_event(
-                event, implied_type=implied_type, limits=self._shape, size=size
-            )
-            final = finalize(
-                checked,
-                sent_at=sent,
+            final = normalize_proto_event(
+                event,
+                implied_type=implied_type,
+                limits=self._shape,
                 received=received_now() if received is None else received,
                 source_id=source.source_id,
-                proto_names=True,
+                data=data,
             )
         except FieldError as error:
             return Candidate(None, error, message_id=event.message_id)

@@ -7,6 +7,7 @@ pages), so a plain fast hash is enough and lets every request be checked with on
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import secrets
@@ -19,6 +20,8 @@ from upm_common.errors import InvalidArgumentError, NotFoundError, Unauthenticat
 from upm_ingest.store import SourceLimitOverrides, SourceRecord, SourceStore
 
 INTERNAL_SOURCE_ID = "internal"
+REFRESH_AHEAD = 0.8
+"""Fraction of the cache time after which a used entry is refreshed in the background."""
 WRITE_KEY_PREFIX = "upmwk_"
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 50
@@ -78,6 +81,7 @@ class SourceRegistry:
         self.defaults = defaults
         self._cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, SourceRecord | None]] = {}
+        self._lookups: dict[str, asyncio.Future[SourceRecord | None]] = {}
         self.internal = Source(INTERNAL_SOURCE_ID, defaults)
 
     async def create(
@@ -112,18 +116,48 @@ class SourceRegistry:
         digest = hash_write_key(write_key)
         now = time.monotonic()
         cached = self._cache.get(digest)
-        if cached is not None and now - cached[0] < self._cache_seconds:
-            record = cached[1]
+        if cached is None or now - cached[0] >= self._cache_seconds:
+            record = await self._lookup(digest)
         else:
-            record = await self._store.get_by_key_hash(digest)
-            if len(self._cache) > 50_000:
-                self._cache.clear()
-            self._cache[digest] = (now, record)
+            record = cached[1]
+            age = now - cached[0]
+            if age >= self._cache_seconds * REFRESH_AHEAD and digest not in self._lookups:
+                # Refreshed in the background before it expires, so the requests of a busy
+                # key never all wait for the store at once.
+                self._start_lookup(digest)
         if record is None:
             raise UnauthenticatedError("unknown write key", reason="WRITE_KEY_INVALID")
         if record.revoked_time is not None:
             raise UnauthenticatedError("the write key was revoked", reason="WRITE_KEY_REVOKED")
         return Source(record.source_id, self.defaults.with_overrides(record.limits))
+
+    async def _lookup(self, digest: str) -> SourceRecord | None:
+        """One store lookup per key at a time: the requests that find the cache entry expired
+        while a lookup runs share it, so under load an expiry costs one query, not one per
+        request (which, with the store slower than the request rate, kept the cache cold)."""
+        pending = self._lookups.get(digest) or self._start_lookup(digest)
+        # A cancelled caller must not cancel the lookup the others wait for.
+        return await asyncio.shield(pending)
+
+    def _start_lookup(self, digest: str) -> asyncio.Future[SourceRecord | None]:
+        pending = asyncio.ensure_future(self._fetch(digest))
+        self._lookups[digest] = pending
+        # A background refresh nobody awaits may fail (store down): the entry then expires
+        # and the next request's own lookup reports the error, so this one is only marked
+        # as retrieved.
+        pending.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return pending
+
+    async def _fetch(self, digest: str) -> SourceRecord | None:
+        started = time.monotonic()
+        try:
+            record = await self._store.get_by_key_hash(digest)
+        finally:
+            self._lookups.pop(digest, None)
+        if len(self._cache) > 50_000:
+            self._cache.clear()
+        self._cache[digest] = (started, record)
+        return record
 
     async def list(
         self, *, page_size: int, page_token: str, show_revoked: bool

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 from upm.common.v1 import event_pb2
@@ -89,14 +89,15 @@ class Suppressions:
             self._refreshes += 1
             self._refreshed = time.monotonic()
 
-    async def suppressed(self, events: list[event_pb2.Event]) -> set[int]:
-        """Indexes of the events whose person is suppressed."""
-        await self.refresh()
-        if not self._hashes:
-            return set()
+    def matcher(self) -> Callable[[event_pb2.Event], bool] | None:
+        """A test "is this event's person suppressed?" against the mirror as it is now, or
+        None when nobody is suppressed (the common case: no per-event work at all). Call
+        `refresh` first."""
         hashes = self._hashes
-        return {
-            index
-            for index, event in enumerate(events)
-            if any(digest in hashes for digest in event_hashes(event))
-        }
+        if not hashes:
+            return None
+
+        def suppressed(event: event_pb2.Event) -> bool:
+            return any(digest in hashes for digest in event_hashes(event))
+
+        return suppressed
