@@ -38,13 +38,14 @@ from google.protobuf import struct_pb2
 from sqlalchemy import func, select
 
 from upm.common.v1 import event_pb2
-from upm.profile.v1 import profile_service_pb2 as pb
 from upm_common.db import create_engine
 from upm_common.eventlog import EVENTS, Delivery, LogRecord
 from upm_common.eventlog.sql import SqlEventLog
 from upm_common.migrations import upgrade
 from upm_profile.changes import SqlLogPublisher
+from upm_profile.effects import EventEffects, public_event_id
 from upm_profile.identifiers import BlockList
+from upm_profile.store.base import ApplyResult
 from upm_profile.store.sql import SqlProfileStore
 from upm_profile.store.tables import applied_events, profiles
 from upm_profile.worker import GROUP, ProfileWorker
@@ -57,12 +58,6 @@ BACKLOG = int(os.environ.get("UPM_BENCH_PROFILE_BACKLOG", "10000"))
 FEED_CHUNK = 2_000
 LATENCY_PROCESSES = 2
 LATENCY_BATCH = 500
-# Opt-in (UPM_BENCH_PROFILE_PROPOSED_INDEXES=1): indexes proposed for the schema but not in its
-# migrations yet, created on the bench databases and listed in the output. Without an index on
-# eventlog_deliveries(entry_id), every entry an ack deletes makes PostgreSQL scan the whole
-# deliveries table for its ON DELETE CASCADE foreign key.
-PROPOSED_INDEXES = ("CREATE INDEX ix_eventlog_deliveries_entry ON eventlog_deliveries (entry_id)",)
-USE_PROPOSED_INDEXES = os.environ.get("UPM_BENCH_PROFILE_PROPOSED_INDEXES", "") == "1"
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -133,17 +128,8 @@ async def _create_database() -> tuple[str, str]:
 
 
 async def _migrate(url: str) -> None:
-    import asyncpg
-
     await upgrade(url, "eventlog")
     await upgrade(url, "profile")
-    if USE_PROPOSED_INDEXES:
-        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
-        try:
-            for statement in PROPOSED_INDEXES:
-                await conn.execute(statement)
-        finally:
-            await conn.close()
 
 
 async def _drop_database(name: str) -> None:
@@ -358,14 +344,18 @@ async def _latency_share(url: str, batch: int, done: Any) -> dict[str, float]:
     engine = create_engine(url)
     store = SqlProfileStore(engine, SqlLogPublisher(SqlEventLog(engine)))
     committed: dict[str, float] = {}
+    apply = store.apply
 
-    def on_commit(changes: Sequence[pb.ProfileChange]) -> None:
+    async def timed_apply(batch: Sequence[EventEffects]) -> ApplyResult:
+        # The change feed has one EVENT_APPLIED per profile and event name in a batch, so the
+        # moment each event became readable is taken from the apply's return (its commit).
+        result = await apply(batch)
         now = time.time()
-        for change in changes:
-            if change.type == pb.PROFILE_CHANGE_TYPE_EVENT_APPLIED:
-                committed[change.event_id] = now
+        for event_id in result.profile_ids:
+            committed[public_event_id(event_id)] = now
+        return result
 
-    store.listeners.append(on_commit)
+    store.apply = timed_apply  # type: ignore[method-assign]
     worker = ProfileWorker(
         store,
         SqlEventLog(engine),
@@ -485,7 +475,6 @@ async def run(smoke: bool) -> dict[str, Any]:
         },
         "batch_size": BATCH,
         "targets": {"events_per_second": 20_000, "p99_ms_at_5000_per_second": 500},
-        "proposed_indexes": list(PROPOSED_INDEXES) if USE_PROPOSED_INDEXES else [],
     }
     runs = [await _one_run(events, PROCESSES, TASKS_PER_PROCESS) for _ in range(repeats)]
     runs.sort(key=lambda r: r["apply"]["events_per_second"])

@@ -245,7 +245,7 @@ def effects_of_event(
         name = event.event
     elif kind in ("page", "screen"):
         name = event.name
-    consents = consents_from_traits(traits if kind == "identify" else {}, time, source)
+    consents = consents_from_traits(traits, time, source) if kind == "identify" and traits else []
     if kind == "track":
         consents += consents_from_track(name, properties, time, source)
 

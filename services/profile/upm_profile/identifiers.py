@@ -140,13 +140,15 @@ class BlockList:
         patterns: Sequence[str] = DEFAULT_BLOCKED_PATTERNS,
     ) -> None:
         self._values = frozenset(v.strip().lower() for v in values)
-        self._patterns = [re.compile(p, re.IGNORECASE) for p in patterns]
+        # One alternation: a single regex search per identifier, whatever the pattern count.
+        self._pattern = (
+            re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE) if patterns else None
+        )
 
     def is_blocked(self, key: IdentifierKey) -> bool:
-        lowered = key.value.lower()
-        if lowered in self._values:
+        if key.value.lower() in self._values:
             return True
-        return any(p.search(key.value) for p in self._patterns)
+        return self._pattern is not None and self._pattern.search(key.value) is not None
 
 
 def from_proto(

@@ -42,5 +42,9 @@ class ProfileSettings(CommonSettings):
         default=None, description="ISO region for phone numbers without a country code, e.g. US."
     )
     profile_emit_event_applied: bool = Field(
-        default=True, description="Publish an EVENT_APPLIED change for every applied event."
+        default=True,
+        description=(
+            "Publish EVENT_APPLIED changes (one per profile, event name and type in each"
+            " applied batch)."
+        ),
     )

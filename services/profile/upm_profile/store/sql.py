@@ -234,12 +234,10 @@ class SqlProfileStore:
         lock_ids = sorted({k.lock_id() for k in keys})
         if lock_ids:
             # One statement takes every lock of the batch, in sorted order (no lock cycles).
-            await conn.execute(
-                text(
-                    "SELECT pg_advisory_xact_lock(k)"
-                    " FROM unnest(CAST(:keys AS bigint[])) AS k ORDER BY k"
-                ),
-                {"keys": lock_ids},
+            driver = await self._driver(conn)
+            await driver.execute(
+                "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k",
+                lock_ids,
             )
 
     async def _lock_profiles(self, conn: AsyncConnection, profile_ids: Iterable[str]) -> None:
@@ -584,7 +582,11 @@ class SqlProfileStore:
                 suppressed_keys.add(by_hash[a])
             else:
                 any_revoked = True
-        suppressed = [e for e in items if any(k in suppressed_keys for k in e.identifiers)]
+        suppressed = (
+            [e for e in items if any(k in suppressed_keys for k in e.identifiers)]
+            if suppressed_keys
+            else []
+        )
         if suppressed:
             dropped_ids = {id(e) for e in suppressed}
             items = [e for e in items if id(e) not in dropped_ids]
@@ -756,22 +758,7 @@ class SqlProfileStore:
                     .distinct()
                 )
             ).all()
-            for table in (identifiers, applied_events, trait_history, events, identity_conflicts):
-                await conn.execute(
-                    update(table)
-                    .where(table.c.profile_id.in_(chunk_keys))
-                    .values(profile_id=case(mapping, value=table.c.profile_id))
-                )
-            await conn.execute(
-                update(profiles)
-                .where(profiles.c.merged_into.in_(chunk_keys))
-                .values(merged_into=case(mapping, value=profiles.c.merged_into), updated_time=now)
-            )
-            await conn.execute(
-                update(profiles)
-                .where(profiles.c.id.in_(chunk_keys))
-                .values(merged_into=case(mapping, value=profiles.c.id), updated_time=now)
-            )
+            await self._redirect_rows(conn, mapping, now)
             loser_consents = (
                 await conn.execute(select(consents).where(consents.c.profile_id.in_(chunk_keys)))
             ).all()
@@ -821,6 +808,48 @@ class SqlProfileStore:
                 pairs = sorted({(target[r.profile_id], r.name) for r in touched_traits})
                 await self._recompute_trait_pairs(conn, pairs)
         await conn.execute(insert(merges), records)
+
+    async def _redirect_rows(
+        self, conn: AsyncConnection, mapping: dict[str, str], now: datetime
+    ) -> None:
+        """Point every row of the losers in `mapping` at their winners, and the losers (and
+        the profiles merged into them before) at the winners."""
+        if self.is_postgres:
+            # One statement; the loser -> winner map goes as two arrays (a CASE with one branch
+            # per loser would be compiled again for every batch).
+            driver = await self._driver(conn)
+            moved = "($2::text[])[array_position($1::text[], {0}::text)]"
+            rows = ", ".join(
+                f"m{index} AS (UPDATE {table.name} SET profile_id = {moved.format('profile_id')}"
+                " WHERE profile_id = ANY($1::text[]))"
+                for index, table in enumerate(_PROFILE_ROW_TABLES)
+            )
+            await driver.execute(
+                f"WITH {rows} UPDATE profile_profiles SET updated_time = $3, merged_into ="
+                f" CASE WHEN id = ANY($1::text[]) THEN {moved.format('id')}"
+                f" ELSE {moved.format('merged_into')} END"
+                " WHERE id = ANY($1::text[]) OR merged_into = ANY($1::text[])",
+                list(mapping),
+                list(mapping.values()),
+                now,
+            )
+            return
+        for table in _PROFILE_ROW_TABLES:
+            await conn.execute(
+                update(table)
+                .where(table.c.profile_id.in_(list(mapping)))
+                .values(profile_id=case(mapping, value=table.c.profile_id))
+            )
+        await conn.execute(
+            update(profiles)
+            .where(profiles.c.merged_into.in_(list(mapping)))
+            .values(merged_into=case(mapping, value=profiles.c.merged_into), updated_time=now)
+        )
+        await conn.execute(
+            update(profiles)
+            .where(profiles.c.id.in_(list(mapping)))
+            .values(merged_into=case(mapping, value=profiles.c.id), updated_time=now)
+        )
 
     async def _recompute_trait_pairs(
         self, conn: AsyncConnection, pairs: Sequence[tuple[str, str]]
@@ -884,6 +913,15 @@ class SqlProfileStore:
         ]
         await self._bulk_insert(conn, events, event_rows)
         if emit_events:
+            # One change per profile, event name and type in a batch, carrying the newest of
+            # those events: a consumer learns that the profile did that event, which is all the
+            # segment service asks of it, without a feed record per event.
+            newest: dict[tuple[str, str, str], EventEffects] = {}
+            for pid, e in assigned:
+                if e.kind == "event":
+                    held = newest.setdefault((pid, e.name, e.type), e)
+                    if (e.time, e.id) > (held.time, held.id):
+                        newest[(pid, e.name, e.type)] = e
             changes += [
                 change(
                     pb.PROFILE_CHANGE_TYPE_EVENT_APPLIED,
@@ -893,8 +931,7 @@ class SqlProfileStore:
                     event_type=e.type,
                     event_time=e.time,
                 )
-                for pid, e in assigned
-                if e.kind == "event"
+                for (pid, _, _), e in newest.items()
             ]
         count_adds: dict[tuple[str, str], tuple[int, datetime, datetime]] = {}
         daily_adds: dict[tuple[str, str, date], tuple[int, float]] = {}
@@ -2024,6 +2061,8 @@ class SqlProfileStore:
 
 
 _MISSING: Any = object()
+# The tables whose rows belong to one profile and follow it into the winner of a merge.
+_PROFILE_ROW_TABLES = (identifiers, applied_events, trait_history, events, identity_conflicts)
 _TRAIT_COLUMNS = (
     "value",
     "value_type",

@@ -107,7 +107,6 @@ events = Table(
     Column("properties", JsonType, nullable=True),
     Column("context", JsonType, nullable=True),
     Index("ix_profile_events_profile_time", "profile_id", "event_time"),
-    Index("ix_profile_events_name_time", "name", "event_time"),
     # Segment queries: an event condition from an index-only scan of its name and window
     # (PostgreSQL also carries the type and properties for property filters and sums).
     Index(
@@ -140,7 +139,6 @@ event_daily = Table(
     Column("count", Integer, nullable=False),
     Column("revenue", Float, nullable=False, default=0.0),
     PrimaryKeyConstraint("profile_id", "name", "day", name="pk_profile_event_daily"),
-    Index("ix_profile_event_daily_name_day", "name", "day"),
 )
 
 # --- Private to the profile service -------------------------------------------------------
