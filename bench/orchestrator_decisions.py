@@ -5,10 +5,13 @@ with an in-memory profile directory of N people and a 10-rule policy. Figures:
 
 - `redis.batch`: decisions/s through BatchRequestPermission (1,000 per call, a few calls in
   flight), one decision per person over N people; median of several passes;
-- `redis.bare_evalsha`: the same Lua script with equivalent arguments, pipelined straight at
-  Redis the same way (1,000 per pipeline, as many in flight), alternating with the batch calls
-  every 10,000 decisions (the machine is shared): the ceiling; `redis.ratio_median` = batch /
-  bare per pass; `redis_usec_per_evalsha` is Redis's own time per script in that pass;
+- `redis.bare_evalsha`: the same Lua script with the same arguments (packed beforehand by the
+  service's own planning and packing, for people of their own), written straight to Redis
+  connections the way the service writes them (1,000 per write, as many in flight),
+  alternating with the batch calls every 10,000 decisions (the machine is shared): the Redis
+  work of a decision without the service around it, the ceiling; `redis.ratio_median` = batch
+  / bare per pass; `redis_usec_per_evalsha` is Redis's own time per script in that pass (every
+  client's EVALSHAs meanwhile: the Redis server is shared);
 - `redis.single`: RequestPermission p50 / p99 latency at a fixed (open-loop) request rate, and
   `health_check_floor`: the same client against the server's health check, the gRPC floor;
 - `sql_sqlite` (and `sql_postgres` when a local PostgreSQL answers): the same figures on the SQL
@@ -29,6 +32,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import math
 import os
 import socket
 import statistics
@@ -332,13 +336,11 @@ async def _health_floor(channel: grpc.aio.Channel, rate: int, count: int) -> dic
     return await _fixed_rate(_raw(channel, HEALTH_CHECK), [payload] * count, rate)
 
 
-async def _prepare_bare(
-    redis: Any, first: int, people: int, run: str, salt: int
-) -> list[tuple[list[str], list[Any]]]:
-    """EVALSHA arguments equivalent to what the service sends for `people` decisions.
+async def _prepare_bare(redis: Any, first: int, people: int, run: str, salt: int) -> list[bytes]:
+    """EVALSHA commands equivalent to what the service sends for `people` decisions.
 
-    Prepared (by the service's own engine and packing) before the clock starts, so the bare
-    figure measures only the client's command packing and Redis itself.
+    Prepared and packed (by the service's own engine and packing) before the clock starts, so
+    the bare figure measures only the sending and Redis itself.
     """
     from datetime import UTC, datetime
 
@@ -370,25 +372,37 @@ async def _prepare_bare(
             reserve=True,
             ttl_ms=300_000,
             retention_ms=policy.retention_ms,
-            meta={"d": uuid.uuid4().hex, "t": engine.to_ms(now), "c": request.channel},
+            meta={
+                "d": uuid.uuid4().hex,
+                "t": engine.to_ms(now),
+                "c": request.channel,
+                "cmp": spec.campaign_id,
+                "int": spec.intent_key,
+                "var": spec.variant,
+            },
         )
-        commands.append(store._args(reserve, f"{request.profile_id}~{uuid.uuid4().hex}"))
+        commands.append(store.command(reserve, uuid.uuid4().hex))
     return commands
 
 
-async def _send_bare(redis: Any, sha: str, commands: list[tuple[list[str], list[Any]]]) -> float:
+async def _send_bare(redis: Any, commands: list[bytes]) -> float:
     """The same Lua script, pipelined straight at Redis the way the service sends it: BATCH
-    commands a pipeline, IN_FLIGHT pipelines at once. The ceiling for `redis.batch`."""
+    commands a write on a connection of its own, IN_FLIGHT at once. The ceiling for
+    `redis.batch`."""
     queue = [commands[i : i + BATCH] for i in range(0, len(commands), BATCH)]
     queue.reverse()
+    pool = redis.connection_pool
 
     async def worker() -> None:
-        while queue:
-            chunk = queue.pop()
-            async with redis.pipeline(transaction=False) as pipe:
-                for keys, args in chunk:
-                    pipe.evalsha(sha, len(keys), *keys, *args)
-                await pipe.execute()
+        connection = await pool.get_connection()
+        try:
+            while queue:
+                chunk = queue.pop()
+                await connection.send_packed_command(b"".join(chunk))
+                for _ in chunk:
+                    await connection.read_response(timeout=math.inf)
+        finally:
+            await pool.release(connection)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
@@ -450,12 +464,10 @@ async def _measure(  # noqa: PLR0917
             channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
             try:
                 call = _raw(channel, SERVICE + "BatchRequestPermission")
-                sha = ""
                 if redis is not None:
                     from upm_orchestrator.store.redis import RESERVE_SCRIPT
 
-                    loaded = await redis.script_load(RESERVE_SCRIPT)
-                    sha = loaded.decode() if isinstance(loaded, bytes) else str(loaded)
+                    await redis.script_load(RESERVE_SCRIPT)
                 warm = min(people, 2 * BATCH)
                 await _send_batches(call, _batch_payloads(run, people * repeats, warm, salt=99))
                 batches: list[dict[str, Any]] = []
@@ -479,7 +491,7 @@ async def _measure(  # noqa: PLR0917
                         responses.extend(answers)
                         if redis is not None:
                             part = commands[start * BATCH : (start + CHUNK) * BATCH]
-                            bare_seconds += await _send_bare(redis, sha, part)
+                            bare_seconds += await _send_bare(redis, part)
                     batch = _rate(people, batch_seconds)
                     batch["outcomes"] = _outcomes(responses)
                     batches.append(batch)

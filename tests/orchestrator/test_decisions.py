@@ -333,3 +333,21 @@ async def test_same_idempotency_key_twice_in_one_batch(harness: Harness) -> None
     assert second == first
     assert (await harness.ask(idempotency_key="k")) == first
     assert (await harness.ask()).outcome == pb.OUTCOME_ALLOW  # only one slot was taken
+
+
+async def test_a_replay_answers_for_the_first_request_when_its_answer_was_never_recorded(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await harness.policy(cap("two-per-day", 2, seconds=24 * HOUR))
+
+    async def lost(answers: object) -> None:
+        """The first caller died between its reservation and recording its answer."""
+
+    monkeypatch.setattr(harness.store, "remember", lost)
+    first = await harness.ask(channel="email", campaign_id="spring", idempotency_key="k")
+    harness.clock.advance(seconds=1)
+    again = await harness.ask(channel="sms", campaign_id="autumn", idempotency_key="k")
+    assert again.outcome == pb.OUTCOME_ALLOW
+    assert (again.decision_id, again.reservation_id) == (first.decision_id, first.reservation_id)
+    assert (again.channel, again.message.campaign_id) == ("email", "spring")
+    assert again.decide_time == first.decide_time

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -15,22 +16,30 @@ from upm.profile.v1 import profile_service_pb2_grpc as profile_grpc
 from upm.segment.v1 import segment_service_pb2 as segment_pb
 from upm.segment.v1 import segment_service_pb2_grpc as segment_grpc
 from upm_common.errors import NotFoundError
-from upm_orchestrator.directory import GrpcProfileDirectory, GrpcSegmentDirectory
+from upm_orchestrator.directory import (
+    CachedProfileDirectory,
+    GrpcProfileDirectory,
+    GrpcSegmentDirectory,
+)
 
 SUBSCRIBED = consent_pb2.CONSENT_STATUS_SUBSCRIBED
+UNSUBSCRIBED = consent_pb2.CONSENT_STATUS_UNSUBSCRIBED
 MARKETING = consent_pb2.CONSENT_PURPOSE_MARKETING
 
 
 class Profiles(profile_grpc.ProfileServiceServicer):
     def __init__(self) -> None:
         self.updates: list[profile_pb.UpdateConsentRequest] = []
+        self.lookups: list[list[str]] = []
 
     async def BatchGetProfiles(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.lookups.append(list(request.profile_ids))
         results = []
         for profile_id in request.profile_ids:
             if profile_id == "p1":
                 profile = profile_pb.Profile(id="p1", timezone="Europe/Paris")
-                profile.consents.add(channel="email", purpose=MARKETING, status=SUBSCRIBED)
+                status = UNSUBSCRIBED if self.updates else SUBSCRIBED
+                profile.consents.add(channel="email", purpose=MARKETING, status=status)
                 results.append(profile_pb.BatchGetProfilesResult(found=True, profile=profile))
             else:
                 results.append(profile_pb.BatchGetProfilesResult(found=False))
@@ -84,6 +93,24 @@ async def test_profile_client(peers: tuple[grpc.aio.Channel, Profiles]) -> None:
         consent_pb2.CONSENT_STATUS_UNSUBSCRIBED,
     )
     assert update.update_time.ToDatetime(tzinfo=UTC) == when
+
+
+async def test_cached_profiles_share_lookups_and_see_a_withdrawal_at_once(
+    peers: tuple[grpc.aio.Channel, Profiles],
+) -> None:
+    channel, servicer = peers
+    directory = CachedProfileDirectory(GrpcProfileDirectory(channel), ttl_seconds=60)
+    asked = await asyncio.gather(
+        directory.get_profiles(["p1"]), directory.get_profiles(["p1", "ghost"])
+    )
+    assert [list(found) for found in asked] == [["p1"], ["p1"]]
+    assert servicer.lookups == [["p1", "ghost"]]  # one call for both decisions
+    assert list(await directory.get_profiles(["ghost", "p1"])) == ["p1"]
+    assert len(servicer.lookups) == 1  # remembered, absent people too
+    when = datetime(2026, 6, 1, tzinfo=UTC)
+    await directory.withdraw_consent("p1", "email", MARKETING, when, "orchestrator:unsubscribed")
+    found = await directory.get_profiles(["p1"])
+    assert found["p1"].consent("email", MARKETING) == UNSUBSCRIBED
 
 
 async def test_segment_client_pages_through_members(

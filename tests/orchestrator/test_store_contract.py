@@ -74,6 +74,6 @@ async def test_idempotency_key_replays_the_first_result(harness: Harness) -> Non
     again = await store.reserve(request(T0 + 1, key="k1"))
     assert again.replayed and again.reservation_id == first.reservation_id
     assert again.decision is None
-    await store.remember("p1", "k1", b"final")
+    await store.remember([("p1", "k1", b"final")])
     assert (await store.reserve(request(T0 + 2, key="k1"))).decision == b"final"
     assert await store.count("p1", "any", 0, T0 + 2) == 1

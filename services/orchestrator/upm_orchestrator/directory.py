@@ -7,6 +7,7 @@ in-memory implementation (tests, benchmarks) and a gRPC client of the peer servi
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
@@ -16,6 +17,7 @@ import grpc
 from upm.common.v1 import consent_pb2
 from upm_common.errors import NotFoundError, UnavailableError
 from upm_orchestrator.engine import ProfileInfo
+from upm_orchestrator.store.common import Coalescer
 
 UNSUBSCRIBED = consent_pb2.CONSENT_STATUS_UNSUBSCRIBED
 
@@ -81,6 +83,58 @@ class InMemorySegmentDirectory:
             )
         for profile_id in self.segments[segment_id]:
             yield profile_id
+
+
+class CachedProfileDirectory:
+    """A ProfileDirectory that remembers people for `ttl_seconds` and batches lookups.
+
+    Single decisions that arrive in the same event-loop turn share one lookup of the peer
+    (one BatchGetProfiles, not one call each), and a person asked about again within the time
+    to live costs no call at all. A withdrawal through this directory forgets the person at
+    once; a change made at the profile service directly is seen within the time to live.
+    """
+
+    def __init__(
+        self, inner: ProfileDirectory, *, ttl_seconds: float = 1.0, max_entries: int = 100_000
+    ) -> None:
+        self._inner = inner
+        self._ttl = ttl_seconds
+        self._max_entries = max_entries
+        self._entries: dict[str, tuple[float, ProfileInfo | None]] = {}
+        self._lookups: Coalescer[list[str], dict[str, ProfileInfo]] = Coalescer(self._fetch)
+
+    async def get_profiles(self, profile_ids: Sequence[str]) -> dict[str, ProfileInfo]:
+        now = time.monotonic()
+        found: dict[str, ProfileInfo] = {}
+        missing: list[str] = []
+        for profile_id in profile_ids:
+            entry = self._entries.get(profile_id)
+            if entry is not None and now - entry[0] < self._ttl:
+                if entry[1] is not None:
+                    found[profile_id] = entry[1]
+            else:
+                missing.append(profile_id)
+        if missing:
+            found.update(await self._lookups.submit(missing))
+        return found
+
+    async def _fetch(self, asks: list[list[str]]) -> list[dict[str, ProfileInfo]]:
+        wanted = list(dict.fromkeys(profile_id for ask in asks for profile_id in ask))
+        found = await self._inner.get_profiles(wanted)
+        now = time.monotonic()
+        if len(self._entries) + len(wanted) > self._max_entries:
+            self._entries.clear()
+        for profile_id in wanted:
+            # Absent people are remembered too: a sender retrying an unknown id costs no call.
+            self._entries[profile_id] = (now, found.get(profile_id))
+        return [{p: found[p] for p in ask if p in found} for ask in asks]
+
+    async def withdraw_consent(
+        self, profile_id: str, channel: str, purpose: int, when: datetime, source: str
+    ) -> None:
+        self._entries.pop(profile_id, None)
+        await self._inner.withdraw_consent(profile_id, channel, purpose, when, source)
+        self._entries.pop(profile_id, None)
 
 
 def _peer_error(exc: grpc.aio.AioRpcError, what: str) -> Exception:

@@ -82,8 +82,22 @@ class _CheckInfo:
     window_kind: int
     limit: int
     action: int
-    calendar_end: datetime | None
     noun: str
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What a plan holds apart from the clock and the person: the same for every decision of
+    one policy version, channel and message kind, so it is computed once and kept.
+
+    `checks` are `(rule id, counter key, window kind, window ms, limit)`, window kind
+    ROLLING for every rolling window (caps, gaps, duplicate intent).
+    """
+
+    exempted: bool
+    writes: tuple[str, ...]
+    checks: tuple[tuple[str, str, int, int, int], ...]
+    infos: Mapping[str, _CheckInfo]
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,7 @@ class Plan:
     writes: tuple[str, ...]
     exempted: bool
     infos: Mapping[str, _CheckInfo]
+    calendar_ends: Mapping[int, datetime]
 
     @property
     def blocked(self) -> bool:
@@ -251,6 +266,72 @@ def consent_reason(
     )
 
 
+def _shape(policy: CompiledPolicy, channel: str, message: MessageSpec) -> _Shape:
+    """The rules that apply to `message` on `channel`, cached on the policy version."""
+    key = (
+        channel,
+        message.campaign_id,
+        message.category,
+        message.tags,
+        message.intent_key,
+        message.purpose,
+        message.priority,
+    )
+    shapes = policy.shapes
+    found: _Shape | None = shapes.get(key)
+    if found is not None:
+        return found
+    exempted = is_exempt(policy, message)
+    writes = message_keys(channel, message)
+    checks: list[tuple[str, str, int, int, int]] = []
+    infos: dict[str, _CheckInfo] = {}
+    if exempted:
+        writes = writes if policy.exempt_still_counts else ()
+    else:
+        for cap in policy.caps:
+            counter = scope_key(cap.scope, channel, message)
+            if counter is None:
+                continue
+            rolling = cap.window_kind == pb.WINDOW_KIND_ROLLING
+            checks.append((cap.rule_id, counter, cap.window_kind, cap.window_ms, cap.count))
+            infos[cap.rule_id] = _CheckInfo(
+                pb.REASON_CODE_FREQUENCY_CAP,
+                cap.window_ms if rolling else 0,
+                cap.window_kind,
+                cap.count,
+                cap.action,
+                f"messages on {counter}",
+            )
+        for gap in policy.gaps:
+            counter = scope_key(gap.scope, channel, message)
+            if counter is None:
+                continue
+            checks.append((gap.rule_id, counter, pb.WINDOW_KIND_ROLLING, gap.gap_ms, 1))
+            infos[gap.rule_id] = _CheckInfo(
+                pb.REASON_CODE_MIN_GAP, gap.gap_ms, 0, 1, gap.action, f"message on {counter}"
+            )
+        if message.intent_key:
+            counter = f"int:{message.intent_key}"
+            for dup in policy.duplicates:
+                checks.append((dup.rule_id, counter, pb.WINDOW_KIND_ROLLING, dup.window_ms, 1))
+                infos[dup.rule_id] = _CheckInfo(
+                    pb.REASON_CODE_DUPLICATE_INTENT,
+                    dup.window_ms,
+                    0,
+                    1,
+                    DENY,
+                    f"message with intent {message.intent_key!r}",
+                )
+    shape = _Shape(exempted, writes, tuple(checks), infos)
+    if len(shapes) >= _MAX_SHAPES:
+        shapes.clear()
+    shapes[key] = shape
+    return shape
+
+
+_MAX_SHAPES = 4096
+
+
 def plan_decision(
     policy: CompiledPolicy,
     profile: ProfileInfo,
@@ -268,10 +349,9 @@ def plan_decision(
         refused = consent_reason(policy, profile, channel, message.purpose)
         if refused is not None:
             reasons.append(refused)
-    exempted = is_exempt(policy, message)
-    writes = message_keys(channel, message)
-    if exempted:
-        return Plan(tuple(reasons), (), writes if policy.exempt_still_counts else (), True, {})
+    shape = _shape(policy, channel, message)
+    if shape.exempted:
+        return Plan(tuple(reasons), (), shape.writes, True, {}, {})
     zone = profile_zone(profile, policy)
     now_ms = to_ms(now)
     for rule in policy.quiet_hours:
@@ -302,54 +382,19 @@ def plan_decision(
             )
         )
     checks: list[CounterCheck] = []
-    infos: dict[str, _CheckInfo] = {}
-    windows: dict[int, tuple[datetime, datetime]] = {}
-    for cap in policy.caps:
-        key = scope_key(cap.scope, channel, message)
-        if key is None:
-            continue
-        calendar_end: datetime | None = None
-        if cap.window_kind == pb.WINDOW_KIND_ROLLING:
-            since = now_ms - cap.window_ms + 1
+    windows: dict[int, tuple[int, datetime]] = {}
+    for rule_id, counter, kind, window_ms, limit in shape.checks:
+        if kind == pb.WINDOW_KIND_ROLLING:
+            since = now_ms - window_ms + 1
         else:
-            if cap.window_kind not in windows:
-                windows[cap.window_kind] = cached_calendar_window(
-                    cap.window_kind, now, now_ms, zone
-                )
-            start, calendar_end = windows[cap.window_kind]
-            since = to_ms(start)
-        checks.append(CounterCheck(cap.rule_id, key, since, cap.count))
-        infos[cap.rule_id] = _CheckInfo(
-            pb.REASON_CODE_FREQUENCY_CAP,
-            cap.window_ms if calendar_end is None else 0,
-            cap.window_kind,
-            cap.count,
-            cap.action,
-            calendar_end,
-            f"messages on {key}",
-        )
-    for gap in policy.gaps:
-        key = scope_key(gap.scope, channel, message)
-        if key is None:
-            continue
-        checks.append(CounterCheck(gap.rule_id, key, now_ms - gap.gap_ms + 1, 1))
-        infos[gap.rule_id] = _CheckInfo(
-            pb.REASON_CODE_MIN_GAP, gap.gap_ms, 0, 1, gap.action, None, f"message on {key}"
-        )
-    if message.intent_key:
-        for dup in policy.duplicates:
-            key = f"int:{message.intent_key}"
-            checks.append(CounterCheck(dup.rule_id, key, now_ms - dup.window_ms + 1, 1))
-            infos[dup.rule_id] = _CheckInfo(
-                pb.REASON_CODE_DUPLICATE_INTENT,
-                dup.window_ms,
-                0,
-                1,
-                DENY,
-                None,
-                f"message with intent {message.intent_key!r}",
-            )
-    return Plan(tuple(reasons), tuple(checks), writes, False, infos)
+            window = windows.get(kind)
+            if window is None:
+                start, end = cached_calendar_window(kind, now, now_ms, zone)
+                window = windows[kind] = (to_ms(start), end)
+            since = window[0]
+        checks.append(CounterCheck(rule_id, counter, since, limit))
+    calendar_ends = {kind: end for kind, (_, end) in windows.items()}
+    return Plan(tuple(reasons), tuple(checks), shape.writes, False, shape.infos, calendar_ends)
 
 
 def _window_text(info: _CheckInfo) -> str:
@@ -366,8 +411,9 @@ def _window_text(info: _CheckInfo) -> str:
 def violation_reason(plan: Plan, violation: Violation) -> Reason:
     """The reason a ledger violation stands for."""
     info = plan.infos[violation.rule_id]
-    if info.calendar_end is not None:
-        retry = info.calendar_end
+    calendar_end = plan.calendar_ends.get(info.window_kind)
+    if calendar_end is not None:
+        retry = calendar_end
     else:
         retry = from_ms(violation.blocking_ms + info.window_ms)
     if info.code == pb.REASON_CODE_FREQUENCY_CAP:

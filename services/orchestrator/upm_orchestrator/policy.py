@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from upm.common.v1 import consent_pb2
@@ -89,6 +90,8 @@ class CompiledPolicy:
     exempt_min_priority: int = 0
     exempt_still_counts: bool = False
     fallback_zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
+    # The engine's per-message-kind rule shapes for this version (upm_orchestrator.engine).
+    shapes: dict[tuple[object, ...], Any] = field(default_factory=dict, compare=False, repr=False)
 
     @cached_property
     def retention_ms(self) -> int:

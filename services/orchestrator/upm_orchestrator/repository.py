@@ -96,6 +96,7 @@ class Repository:
         self._flush_lock = asyncio.Lock()
         self._flush_task: asyncio.Task[None] | None = None
         self.flush_delay_seconds = 0.1
+        self.max_pending = 50_000
 
     # Policies -------------------------------------------------------------------------------
 
@@ -263,10 +264,17 @@ class Repository:
 
     # Decision log ---------------------------------------------------------------------------
 
-    def log(self, decision: pb.Decision) -> None:
-        """Queue a decision for the log; it is written in bulk a moment later."""
-        self._pending.append(decision)
-        if self._flush_task is None or self._flush_task.done():
+    async def log(self, batch: Sequence[pb.Decision]) -> None:
+        """Queue decisions for the log; a background flush writes them in bulk a moment later.
+
+        The queue is bounded: when it holds `max_pending` decisions (the database is slow or
+        down), the caller waits for a flush, so memory stays bounded and an answered decision
+        is never dropped; a failed flush puts its decisions back in the queue.
+        """
+        self._pending.extend(batch)
+        if len(self._pending) >= self.max_pending:
+            await self.flush()
+        elif self._flush_task is None or self._flush_task.done():
             self._flush_task = asyncio.get_running_loop().create_task(self._flush_soon())
 
     async def _flush_soon(self) -> None:
@@ -290,63 +298,76 @@ class Repository:
             batch, self._pending = self._pending, []
             if not batch:
                 return 0
-            rows = []
-            reason_rows = []
-            for decision in batch:
-                decide_time = timestamp_to_datetime(decision.decide_time)
-                outcome = pb.Outcome.Name(decision.outcome).removeprefix("OUTCOME_")
-                rows.append(
-                    {
-                        "decision_id": decision.decision_id,
-                        "profile_id": decision.profile_id,
-                        "decide_time": decide_time,
-                        "policy_id": decision.policy_id,
-                        "outcome": outcome,
-                        "channel": decision.channel,
-                        "campaign_id": decision.message.campaign_id,
-                        "payload": decision.SerializeToString(),
-                    }
-                )
-                for seq, reason in enumerate(decision.reasons):
-                    reason_rows.append(
-                        {
-                            "decision_id": decision.decision_id,
-                            "seq": seq,
-                            "policy_id": decision.policy_id,
-                            "rule_id": reason.rule_id,
-                            "code": pb.ReasonCode.Name(reason.code).removeprefix("REASON_CODE_"),
-                            "outcome": outcome,
-                            "decide_time": decide_time,
-                        }
-                    )
             try:
-                await self._insert_log(rows, reason_rows)
+                await self._insert_log(batch)
             except Exception:
                 self._pending[:0] = batch
                 raise
             return len(batch)
 
-    async def _insert_log(
-        self, rows: list[dict[str, object]], reason_rows: list[dict[str, object]]
-    ) -> None:
-        # The log is the hot write path: rows go straight to the driver's executemany, which
-        # skips SQLAlchemy's per-row parameter processing (several times faster in bulk).
+    async def _insert_log(self, batch: list[pb.Decision]) -> None:
+        # The log is the hot write path: rows are built as tuples and go straight to the
+        # driver's executemany, which skips SQLAlchemy's per-row parameter processing (several
+        # times faster in bulk). A batch's decisions mostly share one decide time: each
+        # distinct time is converted once.
         async with self._engine.begin() as conn:
-            if conn.dialect.name not in ("sqlite", "postgresql"):
-                await conn.execute(decisions.insert(), rows)
-                if reason_rows:
-                    await conn.execute(decision_reasons.insert(), reason_rows)
+            dialect = conn.dialect.name
+            times: dict[tuple[int, int], object] = {}
+            rows: list[tuple[object, ...]] = []
+            reason_rows: list[tuple[object, ...]] = []
+            for decision in batch:
+                stamp = decision.decide_time
+                moment = (stamp.seconds, stamp.nanos)
+                decide_time = times.get(moment)
+                if decide_time is None:
+                    decide_time = times[moment] = _driver_value(
+                        timestamp_to_datetime(stamp), dialect == "sqlite"
+                    )
+                outcome = _OUTCOMES[decision.outcome]
+                rows.append(
+                    (
+                        decision.decision_id,
+                        decision.profile_id,
+                        decide_time,
+                        decision.policy_id,
+                        outcome,
+                        decision.channel,
+                        decision.message.campaign_id,
+                        decision.SerializeToString(),
+                    )
+                )
+                for seq, reason in enumerate(decision.reasons):
+                    reason_rows.append(
+                        (
+                            decision.decision_id,
+                            seq,
+                            decision.policy_id,
+                            reason.rule_id,
+                            _REASON_CODES[reason.code],
+                            outcome,
+                            decide_time,
+                        )
+                    )
+            tables = (
+                (decisions, _LOG_COLUMNS, rows),
+                (decision_reasons, _REASON_COLUMNS, reason_rows),
+            )
+            if dialect not in ("sqlite", "postgresql"):
+                for table, columns, values in tables:
+                    if values:
+                        await conn.execute(
+                            table.insert(), [dict(zip(columns, v, strict=True)) for v in values]
+                        )
                 return
-            sqlite = conn.dialect.name == "sqlite"
             raw = await conn.get_raw_connection()
             driver: Any = raw.driver_connection
-            for table, items in ((decisions, rows), (decision_reasons, reason_rows)):
-                if not items:
+            for table, columns, values in tables:
+                if not values:
                     continue
-                columns = list(items[0])
-                marks = ", ".join("?" if sqlite else f"${i + 1}" for i in range(len(columns)))
+                marks = ", ".join(
+                    "?" if dialect == "sqlite" else f"${i + 1}" for i in range(len(columns))
+                )
                 sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
-                values = [tuple(_driver_value(item[c], sqlite) for c in columns) for item in items]
                 await driver.executemany(sql, values)
 
     async def list_decisions(
@@ -519,6 +540,21 @@ class Repository:
                 )
                 for row in rows
             ]
+
+
+_LOG_COLUMNS = (
+    "decision_id",
+    "profile_id",
+    "decide_time",
+    "policy_id",
+    "outcome",
+    "channel",
+    "campaign_id",
+    "payload",
+)
+_REASON_COLUMNS = ("decision_id", "seq", "policy_id", "rule_id", "code", "outcome", "decide_time")
+_OUTCOMES = {value: name.removeprefix("OUTCOME_") for name, value in pb.Outcome.items()}
+_REASON_CODES = {value: name.removeprefix("REASON_CODE_") for name, value in pb.ReasonCode.items()}
 
 
 def _driver_value(value: object, sqlite: bool) -> object:

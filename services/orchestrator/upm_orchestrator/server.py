@@ -22,6 +22,7 @@ from upm_common.redis import create_redis
 from upm_common.server import ServiceApp, ServiceRegistration
 from upm_common.settings import SettingsError
 from upm_orchestrator.directory import (
+    CachedProfileDirectory,
     GrpcProfileDirectory,
     GrpcSegmentDirectory,
     ProfileDirectory,
@@ -112,6 +113,8 @@ async def build_orchestrator(
         channel = create_channel(settings.profile_address, settings)
         channels.append(channel)
         profiles = GrpcProfileDirectory(channel, timeout_seconds=settings.peer_timeout_seconds)
+        if settings.profile_cache_seconds > 0:
+            profiles = CachedProfileDirectory(profiles, ttl_seconds=settings.profile_cache_seconds)
     if segments is None:
         channel = create_channel(settings.segment_address, settings)
         channels.append(channel)

@@ -32,6 +32,12 @@ class OrchestratorSettings(CommonSettings):
     policy_cache_seconds: float = Field(
         default=2.0, ge=0, description="How long a replica may decide on a cached policy."
     )
+    profile_cache_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="How long a person's consent, time zone and suppression are reused "
+        "without asking the profile service again (0: ask every time).",
+    )
     peer_timeout_seconds: float = Field(
         default=2.0, gt=0, description="Deadline of calls to the profile and segment services."
     )

@@ -9,8 +9,9 @@ released, or when it expires unconfirmed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 RESERVED = "reserved"
 CONFIRMED = "confirmed"
@@ -18,9 +19,11 @@ RELEASED = "released"
 EXPIRED = "expired"
 
 
-@dataclass(frozen=True)
-class CounterCheck:
-    """At most `limit - 1` entries on `key` from `since_ms` on, or the check objects."""
+class CounterCheck(NamedTuple):
+    """At most `limit - 1` entries on `key` from `since_ms` on, or the check objects.
+
+    A named tuple: a decision makes one per rule, and a tuple is the cheapest to make.
+    """
 
     rule_id: str
     key: str
@@ -97,8 +100,9 @@ class FatigueStore(Protocol):
         """`reserve` for many requests, in order (one profile's requests in list order)."""
         ...
 
-    async def remember(self, profile_id: str, idempotency_key: str, decision: bytes) -> None:
-        """Record the final answer for an idempotency key that `reserve` first saw."""
+    async def remember(self, answers: Sequence[tuple[str, str, bytes]]) -> None:
+        """Record final answers `(profile id, idempotency key, decision)` for idempotency keys
+        that `reserve` first saw."""
         ...
 
     async def confirm(self, reservation_id: str, now_ms: int) -> ReservationInfo:

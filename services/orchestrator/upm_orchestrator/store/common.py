@@ -24,6 +24,12 @@ def new_id() -> str:
     return os.urandom(16).hex()
 
 
+def new_ids(count: int) -> list[str]:
+    """`count` ids like `new_id`'s, from one read of the random source."""
+    raw = os.urandom(16 * count).hex()
+    return [raw[i : i + 32] for i in range(0, 32 * count, 32)]
+
+
 def check_transition(info: ReservationInfo, target: str) -> None:
     """Raise unless a reservation now in `info.state` satisfies a move to `target`.
 
@@ -50,29 +56,39 @@ class Coalescer(Generic[T, R]):
 
     Under load, concurrent single decisions then share one Redis pipeline or one SQL
     transaction instead of paying a round trip (or a transaction) each; alone, a call waits
-    for nothing but the current loop turn.
+    for nothing but the current loop turn. At most `max_running` batches run at once: calls
+    that arrive meanwhile gather into the next batch, so batches grow with the load instead of
+    the number of round trips (and of open transactions) growing with it.
     """
 
-    def __init__(self, run: Callable[[list[T]], Awaitable[list[R]]]) -> None:
+    def __init__(
+        self, run: Callable[[list[T]], Awaitable[list[R]]], *, max_running: int = 4
+    ) -> None:
         self._run = run
+        self._max_running = max_running
+        self._running = 0
         self._queue: list[tuple[T, asyncio.Future[R]]] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: T) -> R:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[R] = loop.create_future()
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
-        if not self._scheduled:
-            self._scheduled = True
-            task = loop.create_task(self._drain())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self._schedule()
         return await future
+
+    def _schedule(self) -> None:
+        if self._scheduled or self._running >= self._max_running or not self._queue:
+            return
+        self._scheduled = True
+        task = asyncio.get_running_loop().create_task(self._drain())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _drain(self) -> None:
         self._scheduled = False
         batch, self._queue = self._queue, []
+        self._running += 1
         try:
             results = await self._run([item for item, _ in batch])
         except Exception as exc:
@@ -80,6 +96,9 @@ class Coalescer(Generic[T, R]):
                 if not future.done():
                     future.set_exception(exc)
             return
+        finally:
+            self._running -= 1
+            self._schedule()
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)

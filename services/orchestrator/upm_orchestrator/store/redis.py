@@ -1,22 +1,30 @@
 """The Redis fatigue ledger: one Lua script per decision checks and reserves every rule atomically.
 
-Keys are hash-tagged per profile (`{p:<profile_id>}`), so one decision's keys live in one slot
-and the scripts run unchanged on Redis Cluster. Per profile:
+Everything a decision needs about one person lives in one sorted set, the ledger
+`<ns>{p:<profile_id>}:l`: one member per reservation, scored by its time (ms), trimmed to the
+policy's retention (the longest window). A member reads
 
-- `...k:<counter key>`: a sorted set of reservation ids scored by their time (ms);
-- `...pending`: a sorted set of unconfirmed reservations scored by their expiry time;
-- `...r:<reservation id>`: a hash with state `s`, expiry `e`, counter keys `k` and metadata `m`;
-- `...i:<idempotency key>`: a hash with the first result `r` and the final decision `d`.
+    <state><expire ms>|,<token>,<token>,...,|<reservation suffix>|<metadata JSON>
 
-Every script first expires the profile's stale reservations (removing them from their counter
-keys), so an unconfirmed reservation stops counting once its time to live has passed. Those
-reservation and counter keys are not all declared in KEYS, but they share the profile's hash tag
-and so the slot of the declared keys, which Redis Cluster accepts.
+with state `R` (reserved: counts until its expiry, then it is expired), `C` (confirmed: counts)
+or `X` (released: counts no more), and one token per counter key the message counts on (a short
+hash of the key, so that any key text fits the format). A decision reads the ledger once and
+evaluates every check in one pass over it; an idempotency key adds a second key,
+`...:i:<idempotency key>` (a hash with the first result `r` and the final decision `d`, with its
+own time to live). Both keys share the profile's hash tag, so the scripts run unchanged on Redis
+Cluster.
+
+Unconfirmed reservations expire lazily: a reserved member whose expiry has passed stops counting
+where it lies, and stays (answering "expired") until the retention trims it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import math
+from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -26,126 +34,145 @@ from redis.exceptions import NoScriptError, ResponseError
 from upm_common.errors import NotFoundError
 from upm_orchestrator.store.base import (
     CONFIRMED,
+    EXPIRED,
     RELEASED,
+    RESERVED,
     ReservationInfo,
     ReserveRequest,
     ReserveResult,
     Violation,
     reservation_profile,
 )
-from upm_orchestrator.store.common import Coalescer, check_transition, new_reservation_id
+from upm_orchestrator.store.common import Coalescer, check_transition, new_ids
 
-EXPIRE_STALE = """
-local function expire_stale(prefix, pending, now)
-  while true do
-    local stale = redis.call('ZRANGEBYSCORE', pending, '-inf', now, 'LIMIT', 0, 256)
-    if #stale == 0 then return end
-    for _, id in ipairs(stale) do
-      local rkey = prefix .. 'r:' .. id
-      local keys = redis.call('HGET', rkey, 'k')
-      if keys then
-        for k in string.gmatch(keys, '[^\\n]+') do redis.call('ZREM', k, id) end
-        redis.call('HSET', rkey, 's', 'expired')
+# A member's head: state, expiry, the counter-key tokens and the reservation suffix.
+PARSE = """
+local function parse(member)
+  return string.match(member, '^(%u)(%d*)|([^|]*)|([^|]*)|')
+end
+"""
+
+# KEYS: 1 ledger, 2 idempotency hash (only with an idempotency key).
+# ARGV: 1 reservation suffix, 2 metadata (JSON), 3 now, 4 reserve ('1' or '0'), 5 the
+#       reservation's expiry, 6 the ledger's time to live, 7 the retention cutoff, 8 the tokens
+#       to write as `,<token>,<token>,`, 9 the earliest `since` of the checks, 10 the checks as
+#       `<since>:<limit>:<token>:<rule id>` joined by `;`, 11 the idempotency time to live.
+#       Only the first two differ between the decisions of one call with one plan.
+# Returns {0, reservation suffix, expiry, violations} where violations read
+# `<rule>:<count>:<blocking ms>` joined by `;`, or {1, first result, final decision} for a
+# replay, a result reading `<suffix>|<expiry>|<violations>|<metadata JSON>`.
+#
+# Lua is slow next to Redis's commands (a pattern match costs about a microsecond), so the
+# script does as little of it as it can: arithmetic is done by the caller, and the checks are
+# parsed only when the person has entries in their windows.
+RESERVE_SCRIPT = """
+if KEYS[2] then
+  local prior = redis.call('HMGET', KEYS[2], 'r', 'd')
+  if prior[1] then return {1, prior[1], prior[2] or ''} end
+end
+local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local violations = ''
+if #entries > 0 then
+  local now, oldest = tonumber(ARGV[3]), tonumber(ARGV[9])
+  local times, scores, members, ends, m = {}, {}, {}, {}, 0
+  for i = 1, #entries, 2 do
+    local at = tonumber(entries[i + 1])
+    if at >= oldest then
+      local member = entries[i]
+      local state = string.byte(member, 1)
+      -- C(onfirmed) counts; R(eserved) counts until its expiry; X (released) never.
+      if state == 67 or (state == 82 and tonumber(string.match(member, '^R(%d+)')) > now) then
+        m = m + 1
+        times[m], scores[m], members[m] = at, entries[i + 1], member
+        -- Tokens count where they lie before the second '|' (the metadata comes later).
+        ends[m] = string.find(member, '|', string.find(member, '|', 2, true) + 1, true)
       end
-      redis.call('ZREM', pending, id)
+    end
+  end
+  if m > 0 then
+    local found = {}
+    for since, limit, token, rule in string.gmatch(ARGV[10], '(-?%d+):(%d+):(%x+):([^;]+)') do
+      since, limit, token = tonumber(since), tonumber(limit), ',' .. token .. ','
+      local hits = {}
+      for e = 1, m do
+        if times[e] >= since then
+          local at = string.find(members[e], token, 1, true)
+          if at and at < ends[e] then hits[#hits + 1] = e end
+        end
+      end
+      if #hits >= limit then
+        -- The entry whose aging-out lifts the check: the (count - limit + 1)-th in time.
+        found[#found + 1] = rule .. ':' .. #hits .. ':' .. scores[hits[#hits - limit + 1]]
+      end
+    end
+    violations = table.concat(found, ';')
+  end
+end
+local granted, expire = '', '0'
+if ARGV[4] == '1' and violations == '' then
+  granted, expire = ARGV[1], ARGV[5]
+  redis.call('ZADD', KEYS[1], ARGV[3], 'R' .. expire .. '|' .. ARGV[8] .. '|' .. granted .. '|'
+    .. ARGV[2])
+  if #entries > 0 and tonumber(entries[2]) < tonumber(ARGV[7]) then
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[7])
+  end
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+end
+if KEYS[2] then
+  redis.call('HSET', KEYS[2], 'r', granted .. '|' .. expire .. '|' .. violations .. '|' .. ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[11])
+end
+return {0, granted, expire, violations}
+"""
+
+# KEYS: 1 ledger. ARGV: 1 now, 2 reservation suffix, 3 target state (`C` or `X`).
+# Returns {state letter or '' when unknown, expiry, metadata JSON}.
+TRANSITION_SCRIPT = (
+    PARSE
+    + """
+local now = tonumber(ARGV[1])
+local needle = '|' .. ARGV[2] .. '|'
+local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #entries, 2 do
+  local member = entries[i]
+  if string.find(member, needle, 1, true) then
+    local state, expire, held, id = parse(member)
+    if id == ARGV[2] then
+      local meta = string.sub(member, #state + #expire + #held + #id + 4)
+      if state == 'R' and tonumber(expire) <= now then return {'E', expire, meta} end
+      if state == 'R' then
+        -- A released reservation keeps its place (to answer "released") but no tokens.
+        if ARGV[3] == 'X' then held = '' end
+        redis.call('ZREM', KEYS[1], member)
+        redis.call('ZADD', KEYS[1], entries[i + 1],
+          ARGV[3] .. expire .. '|' .. held .. '|' .. id .. '|' .. meta)
+        state = ARGV[3]
+      end
+      return {state, expire, meta}
     end
   end
 end
-"""
-
-# KEYS: 1 idempotency hash, 2 pending set, 3 new reservation hash, 4.. counter keys.
-# ARGV: 1 now, 2 has idempotency key, 3 idempotency ttl, 4 reserve, 5 reservation id, 6 ttl,
-#       7 retention, 8 metadata (JSON), 9 key prefix, 10 the checks as
-#       `<KEYS index>:<since>:<limit>:<rule id>` joined by `|`, 11 the KEYS indexes to write,
-#       joined by `,`. Packing checks and writes into two arguments keeps the command small.
-RESERVE_SCRIPT = (
-    EXPIRE_STALE
-    + """
-local now = tonumber(ARGV[1])
-if ARGV[2] == '1' then
-  local prior = redis.call('HMGET', KEYS[1], 'r', 'd')
-  if prior[1] then return {1, prior[1], prior[2] or ''} end
-end
-expire_stale(ARGV[9], KEYS[2], now)
-local violations = {}
-for index, since, limit, rule in string.gmatch(ARGV[10], '(%d+):(-?%d+):(%d+):([^|]+)') do
-  local key = KEYS[tonumber(index)]
-  limit = tonumber(limit)
-  local count = redis.call('ZCOUNT', key, since, '+inf')
-  if count >= limit then
-    local entry = redis.call('ZRANGEBYSCORE', key, since, '+inf', 'WITHSCORES', 'LIMIT',
-      count - limit, 1)
-    violations[#violations + 1] = {rule, count, tonumber(entry[2])}
-  end
-end
-local granted = ''
-local expire = 0
-if ARGV[4] == '1' and #violations == 0 then
-  granted = ARGV[5]
-  expire = now + tonumber(ARGV[6])
-  local retention = tonumber(ARGV[7])
-  local names = {}
-  -- Entries older than the retention never count (every window is shorter), so trimming them
-  -- is housekeeping only: done by one reservation in eight (its random id ends in 0 or 8),
-  -- which keeps a counter key within a few stale entries at an eighth of the calls.
-  local trim = string.byte(granted, -1) % 8 == 0
-  for index in string.gmatch(ARGV[11], '%d+') do
-    local key = KEYS[tonumber(index)]
-    redis.call('ZADD', key, now, granted)
-    if trim then redis.call('ZREMRANGEBYSCORE', key, '-inf', now - retention) end
-    redis.call('PEXPIRE', key, retention)
-    names[#names + 1] = key
-  end
-  redis.call('HSET', KEYS[3], 's', 'reserved', 'e', expire, 'k', table.concat(names, '\\n'),
-    'm', ARGV[8])
-  redis.call('PEXPIRE', KEYS[3], retention + tonumber(ARGV[6]))
-  redis.call('ZADD', KEYS[2], expire, granted)
-  redis.call('PEXPIRE', KEYS[2], retention + tonumber(ARGV[6]))
-end
-local encoded = cjson.encode({r = granted, e = expire, v = violations, m = ARGV[8]})
-if ARGV[2] == '1' then
-  redis.call('HSET', KEYS[1], 'r', encoded)
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
-end
-return {0, encoded, ''}
+return {'', 0, ''}
 """
 )
 
-# KEYS: 1 reservation hash, 2 pending set. ARGV: 1 now, 2 key prefix, 3 target state.
-TRANSITION_SCRIPT = (
-    EXPIRE_STALE
-    + """
-local now = tonumber(ARGV[1])
-expire_stale(ARGV[2], KEYS[2], now)
-local fields = redis.call('HMGET', KEYS[1], 's', 'e', 'm', 'k')
-local state = fields[1]
-if not state then return {''} end
-if state == 'reserved' then
-  local id = string.sub(KEYS[1], string.len(ARGV[2]) + 3)
-  if ARGV[3] == 'confirmed' then
-    redis.call('HSET', KEYS[1], 's', 'confirmed')
-    state = 'confirmed'
-  else
-    for k in string.gmatch(fields[4], '[^\\n]+') do redis.call('ZREM', k, id) end
-    redis.call('HSET', KEYS[1], 's', 'released')
-    state = 'released'
-  end
-  redis.call('ZREM', KEYS[2], id)
-end
-return {state, fields[2], fields[3]}
-"""
-)
-
-
-# KEYS: 1 pending set, 2 counter key. ARGV: 1 now, 2 key prefix, 3 since.
+# KEYS: 1 ledger. ARGV: 1 now, 2 since, 3 token.
 COUNT_SCRIPT = (
-    EXPIRE_STALE
+    PARSE
     + """
-expire_stale(ARGV[2], KEYS[1], tonumber(ARGV[1]))
-return redis.call('ZCOUNT', KEYS[2], ARGV[3], '+inf')
+local now = tonumber(ARGV[1])
+local token = ',' .. ARGV[3] .. ','
+local count = 0
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[2], '+inf')) do
+  local state, expire, held = parse(member)
+  if (state == 'C' or (state == 'R' and tonumber(expire) > now))
+    and string.find(held, token, 1, true) then
+    count = count + 1
+  end
+end
+return count
 """
 )
-
 
 # KEYS: 1 idempotency hash. ARGV: 1 the final decision. Only while the first result is held, so
 # an expired key is not brought back without its time to live.
@@ -153,6 +180,40 @@ REMEMBER_SCRIPT = """
 if redis.call('HEXISTS', KEYS[1], 'r') == 1 then redis.call('HSETNX', KEYS[1], 'd', ARGV[1]) end
 return 1
 """
+
+_STATES = {b"R": RESERVED, b"C": CONFIRMED, b"X": RELEASED, b"E": EXPIRED}
+
+
+def _sha(script: str) -> bytes:
+    return hashlib.sha1(script.encode()).hexdigest().encode()
+
+
+RESERVE_SHA = _sha(RESERVE_SCRIPT)
+REMEMBER_SHA = _sha(REMEMBER_SCRIPT)
+
+
+def bulk_strings(parts: Sequence[bytes]) -> bytes:
+    """Arguments of a command in the wire format (RESP)."""
+    return b"".join([b"$%d\r\n%b\r\n" % (len(part), part) for part in parts])
+
+
+def evalsha_head(sha: bytes, keys: int, arguments: int) -> bytes:
+    """The start of an EVALSHA in the wire format, up to its first key: `keys` keys and
+    `arguments` arguments follow. Packing commands here is several times cheaper than the
+    client's general packing, once the largest cost of a batch."""
+    return b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%b\r\n$%d\r\n%d\r\n" % (
+        3 + keys + arguments,
+        sha,
+        len(str(keys)),
+        keys,
+    )
+
+
+@lru_cache(maxsize=65_536)
+def key_token(key: str) -> str:
+    """The ledger's token for a counter key: 12 hex digits of its hash (a collision between two
+    of one person's keys is a 1-in-10^14 chance)."""
+    return hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
 
 
 class RedisFatigueStore:
@@ -164,98 +225,98 @@ class RedisFatigueStore:
         self._redis = redis
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._namespace = namespace
-        self._reserve_sha: str | None = None
         self._idle: list[Any] = []
         self._single: Coalescer[ReserveRequest, ReserveResult] = Coalescer(self._execute)
         self._transition = redis.register_script(TRANSITION_SCRIPT)
         self._count = redis.register_script(COUNT_SCRIPT)
-        self._remember = redis.register_script(REMEMBER_SCRIPT)
 
     def _prefix(self, profile_id: str) -> str:
         return f"{self._namespace}{{p:{profile_id}}}:"
 
-    @staticmethod
-    def _layout(request: ReserveRequest) -> tuple[tuple[str, ...], str, str]:
-        """The counter keys (short names, in KEYS order from 4 on) and the packed checks and
-        writes arguments: they depend on the checks and writes only, not on the profile."""
-        shorts: list[str] = []
-        index: dict[str, int] = {}
-
-        def key_index(short: str) -> int:
-            found = index.get(short)
-            if found is None:
-                shorts.append(short)
-                found = index[short] = len(shorts) + 3
-            return found
-
-        checks = "|".join(
-            f"{key_index(c.key)}:{c.since_ms}:{c.limit}:{c.rule_id}" for c in request.checks
-        )
-        writes = ",".join(str(key_index(short)) for short in request.writes)
-        return tuple(shorts), checks, writes
-
-    def _args(
+    def command(
         self,
         request: ReserveRequest,
-        reservation_id: str,
-        layouts: dict[tuple[int, int], tuple[tuple[str, ...], str, str]] | None = None,
-    ) -> tuple[list[str], list[Any]]:
-        prefix = self._prefix(request.profile_id)
-        if layouts is None:
-            layout = self._layout(request)
-        else:
-            # Requests planned together share their checks and writes tuples (the engine's
-            # plan): lay each shape out once per call. Keyed by identity, which is stable
-            # while the caller holds the requests.
-            shape = (id(request.checks), id(request.writes))
-            found = layouts.get(shape)
-            if found is None:
-                found = layouts[shape] = self._layout(request)
-            layout = found
-        shorts, checks, writes = layout
-        keys = [
-            f"{prefix}i:{request.idempotency_key}",
-            f"{prefix}pending",
-            f"{prefix}r:{reservation_id}",
-        ]
-        keys.extend([f"{prefix}k:{short}" for short in shorts])
-        args: list[Any] = [
+        suffix: str,
+        tails: dict[tuple[object, ...], tuple[bytes, bytes]] | None = None,
+    ) -> bytes:
+        """One decision's EVALSHA of the reservation script, packed (also the benchmark's).
+
+        Every argument but the reservation suffix and the metadata depends on the plan and the
+        clock only: requests planned together (which share their checks and writes tuples)
+        pack that tail once per call in `tails`, keyed by identity, which is stable while the
+        caller holds the requests.
+        """
+        keyed = bool(request.idempotency_key)
+        shape = (
+            id(request.checks),
+            id(request.writes),
             request.now_ms,
-            "1" if request.idempotency_key else "0",
-            request.idempotency_ttl_ms,
-            "1" if request.reserve else "0",
-            reservation_id,
+            request.reserve,
             request.ttl_ms,
             request.retention_ms,
-            orjson.dumps(request.meta),
-            prefix,
-            checks,
-            writes,
-        ]
-        return keys, args
+            request.idempotency_ttl_ms,
+            keyed,
+        )
+        found = None if tails is None else tails.get(shape)
+        if found is None:
+            found = self._tail(request, keyed)
+            if tails is not None:
+                tails[shape] = found
+        head, tail = found
+        prefix = self._prefix(request.profile_id)
+        parts = [f"{prefix}l".encode()]
+        if keyed:
+            parts.append(f"{prefix}i:{request.idempotency_key}".encode())
+        parts.append(suffix.encode())
+        parts.append(orjson.dumps(request.meta))
+        return head + bulk_strings(parts) + tail
 
     @staticmethod
-    def _decode(raw: list[Any]) -> ReserveResult:
+    def _tail(request: ReserveRequest, keyed: bool) -> tuple[bytes, bytes]:
+        """The packed command's head (up to the keys) and its tail (the plan's arguments)."""
+        now = request.now_ms
+        checks = ";".join(
+            f"{c.since_ms}:{c.limit}:{key_token(c.key)}:{c.rule_id}" for c in request.checks
+        )
+        writes = "".join(f",{key_token(key)}" for key in request.writes) + ","
+        rest = [
+            b"%d" % now,
+            b"1" if request.reserve else b"0",
+            b"%d" % (now + request.ttl_ms),
+            b"%d" % (request.retention_ms + request.ttl_ms),
+            b"%d" % (now - request.retention_ms),
+            writes.encode(),
+            b"%d" % min((c.since_ms for c in request.checks), default=now),
+            checks.encode(),
+            b"%d" % request.idempotency_ttl_ms,
+        ]
+        head = evalsha_head(RESERVE_SHA, 2 if keyed else 1, 2 + len(rest))
+        return head, bulk_strings(rest)
+
+    @staticmethod
+    def _decode(profile_id: str, raw: list[Any], meta: dict[str, Any]) -> ReserveResult:
+        """A script's answer; `meta` is what this call sent (a replay answers the first's)."""
+        decision = None
         replayed = int(raw[0]) == 1
-        body = orjson.loads(raw[1])
-        violations = body.get("v") or []
-        if isinstance(violations, dict):
-            violations = []
-        decision = bytes(raw[2]) if len(raw) > 2 and raw[2] else None
+        if replayed:
+            suffix, expire, violations, sent = bytes(raw[1]).split(b"|", 3)
+            meta = orjson.loads(sent)
+            decision = bytes(raw[2]) if raw[2] else None
+        else:
+            suffix, expire, violations = raw[1], raw[2], raw[3]
         return ReserveResult(
-            reservation_id=str(body.get("r") or ""),
-            expire_ms=int(body.get("e") or 0),
-            violations=tuple(Violation(str(v[0]), int(v[1]), int(v[2])) for v in violations),
-            meta=orjson.loads(body["m"]) if body.get("m") else {},
+            reservation_id=f"{profile_id}~{suffix.decode()}" if suffix else "",
+            expire_ms=int(expire),
+            violations=tuple(
+                Violation(rule.decode(), int(count), int(blocking))
+                for rule, count, blocking in (v.split(b":") for v in violations.split(b";"))
+            )
+            if violations
+            else (),
+            meta=meta,
             replayed=replayed,
             decision=decision,
         )
-
-    async def _sha(self) -> str:
-        if self._reserve_sha is None:
-            loaded = await self._redis.script_load(RESERVE_SCRIPT)
-            self._reserve_sha = loaded.decode() if isinstance(loaded, bytes) else str(loaded)
-        return self._reserve_sha
 
     async def reserve(self, request: ReserveRequest) -> ReserveResult:
         return await self._single.submit(request)
@@ -275,42 +336,32 @@ class RedisFatigueStore:
         # EVALSHA straight, not redis-py's Script in a pipeline: that checks SCRIPT EXISTS on
         # every execute, a second round trip. A NOSCRIPT (Redis restarted, or failed over)
         # means the script did not run, so loading it and sending the same commands is safe.
-        layouts: dict[tuple[int, int], tuple[tuple[str, ...], str, str]] = {}
-        commands = [self._args(r, new_reservation_id(r.profile_id), layouts) for r in requests]
-        for _ in range(2):
-            sha = await self._sha()
-            raws = await self._pipeline(sha, commands)
-            if any(isinstance(raw, NoScriptError) for raw in raws):
-                self._reserve_sha = None
+        tails: dict[tuple[object, ...], tuple[bytes, bytes]] = {}
+        suffixes = new_ids(len(requests))
+        packed = b"".join(
+            [self.command(r, suffix, tails) for r, suffix in zip(requests, suffixes, strict=True)]
+        )
+        for attempt in range(2):
+            raws = await self._pipeline(packed, len(requests))
+            if attempt == 0 and any(isinstance(raw, NoScriptError) for raw in raws):
+                await self._redis.script_load(RESERVE_SCRIPT)
                 continue
             failed = next((raw for raw in raws if isinstance(raw, Exception)), None)
             if failed is not None:
                 raise failed
-            return [self._decode(raw) for raw in raws]
-        raise RuntimeError("Redis keeps forgetting the reservation script")
+            return [
+                self._decode(r.profile_id, raw, r.meta)
+                for r, raw in zip(requests, raws, strict=True)
+            ]
+        raise AssertionError("unreachable")
 
-    async def _pipeline(self, sha: str, commands: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        """Send every EVALSHA in one write on one pooled connection and read the replies.
+    async def _pipeline(self, packed: bytes, replies: int) -> list[Any]:
+        """Send packed commands in one write on one pooled connection and read the replies.
 
-        The commands are packed here (RESP, from already flat arguments), several times cheaper
-        than the client's general packing, which was the largest cost of a batch. Script errors
-        come back in place (like a pipeline with raise_on_error=False); a connection error
-        drops the connection and is raised, never retried: scripts may have run.
+        Script errors come back in place (like a pipeline with raise_on_error=False); a
+        connection error drops the connection and is raised, never retried: scripts may have
+        run. One deadline covers every reply: a per-reply timer cost more than a decision.
         """
-        head = b"$40\r\n" + sha.encode() + b"\r\n"
-        chunks: list[bytes] = []
-        for keys, args in commands:
-            chunks.append(b"*%d\r\n$7\r\nEVALSHA\r\n" % (len(keys) + len(args) + 3))
-            chunks.append(head)
-            count = str(len(keys)).encode()
-            chunks.append(b"$%d\r\n%s\r\n" % (len(count), count))
-            for part in (*keys, *args):
-                value = (
-                    part
-                    if isinstance(part, bytes)
-                    else (part.encode() if isinstance(part, str) else str(part).encode())
-                )
-                chunks.append(b"$%d\r\n%s\r\n" % (len(value), value))
         pool = self._redis.connection_pool
         # Connections stay checked out between calls (at most `max_in_flight` of them, the
         # semaphore's bound): the pool's locking on every get and release cost more than a
@@ -320,13 +371,14 @@ class RedisFatigueStore:
         else:
             connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            await connection.send_packed_command(b"".join(chunks))
-            raws: list[Any] = []
-            for _ in commands:
-                try:
-                    raws.append(await connection.read_response())
-                except ResponseError as exc:
-                    raws.append(exc)
+            async with asyncio.timeout(connection.socket_timeout):
+                await connection.send_packed_command(packed)
+                raws: list[Any] = []
+                for _ in range(replies):
+                    try:
+                        raws.append(await connection.read_response(timeout=math.inf))
+                    except ResponseError as exc:
+                        raws.append(exc)
         except BaseException:
             # The stream may hold unread replies: never hand this connection out again.
             await connection.disconnect()
@@ -335,34 +387,45 @@ class RedisFatigueStore:
         self._idle.append(connection)
         return raws
 
-    async def remember(self, profile_id: str, idempotency_key: str, decision: bytes) -> None:
-        key = f"{self._prefix(profile_id)}i:{idempotency_key}"
-        await self._remember(keys=[key], args=[decision])
+    async def remember(self, answers: Sequence[tuple[str, str, bytes]]) -> None:
+        commands = b"".join(
+            [
+                evalsha_head(REMEMBER_SHA, 1, 1)
+                + bulk_strings([f"{self._prefix(profile_id)}i:{key}".encode(), decision])
+                for profile_id, key, decision in answers
+            ]
+        )
+        for attempt in range(2):
+            async with self._in_flight:
+                raws = await self._pipeline(commands, len(answers))
+            if attempt == 0 and any(isinstance(raw, NoScriptError) for raw in raws):
+                await self._redis.script_load(REMEMBER_SCRIPT)
+                continue
+            failed = next((raw for raw in raws if isinstance(raw, Exception)), None)
+            if failed is not None:
+                raise failed
+            return
 
     async def _move(self, reservation_id: str, now_ms: int, target: str) -> ReservationInfo:
         profile_id = reservation_profile(reservation_id)
-        if not profile_id:
-            raise NotFoundError(
-                f"reservation {reservation_id!r} not found",
-                resource_type="reservation",
-                resource_name=reservation_id,
-            )
-        prefix = self._prefix(profile_id)
-        raw = await self._transition(
-            keys=[f"{prefix}r:{reservation_id}", f"{prefix}pending"],
-            args=[now_ms, prefix, target],
+        missing = NotFoundError(
+            f"reservation {reservation_id!r} not found",
+            resource_type="reservation",
+            resource_name=reservation_id,
         )
-        state = raw[0].decode() if raw[0] else ""
-        if not state:
-            raise NotFoundError(
-                f"reservation {reservation_id!r} not found",
-                resource_type="reservation",
-                resource_name=reservation_id,
-            )
+        if not profile_id:
+            raise missing
+        suffix = reservation_id.rpartition("~")[2]
+        raw = await self._transition(
+            keys=[f"{self._prefix(profile_id)}l"],
+            args=[now_ms, suffix, "C" if target == CONFIRMED else "X"],
+        )
+        if not raw[0]:
+            raise missing
         info = ReservationInfo(
             reservation_id=reservation_id,
             profile_id=profile_id,
-            state=state,
+            state=_STATES[bytes(raw[0])],
             expire_ms=int(raw[1] or 0),
             meta=orjson.loads(raw[2]) if raw[2] else {},
         )
@@ -376,9 +439,8 @@ class RedisFatigueStore:
         return await self._move(reservation_id, now_ms, RELEASED)
 
     async def count(self, profile_id: str, key: str, since_ms: int, now_ms: int) -> int:
-        prefix = self._prefix(profile_id)
         raw = await self._count(
-            keys=[f"{prefix}pending", f"{prefix}k:{key}"], args=[now_ms, prefix, since_ms]
+            keys=[f"{self._prefix(profile_id)}l"], args=[now_ms, since_ms, key_token(key)]
         )
         return int(raw)
 

@@ -1,5 +1,10 @@
 """The SQL fatigue ledger: one transaction per decision, serialised per profile.
 
+The ledger is orchestrator_reservations: one row per reservation with the counter keys it counts
+on. A row counts while confirmed, or reserved and not yet expired (an unconfirmed reservation
+expires lazily: it stops counting where it lies, and reads as expired); rows older than the
+policy's retention are deleted.
+
 On PostgreSQL, every transaction first takes `SELECT ... FOR UPDATE` on the profile's row of
 orchestrator_profile_locks, so concurrent decisions for one person queue while decisions for
 different people run in parallel. SQLite has one writer at a time (every transaction begins
@@ -10,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, select, update
+from sqlalchemy import and_, bindparam, delete, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
@@ -31,9 +37,10 @@ from upm_orchestrator.store.base import (
     reservation_profile,
 )
 from upm_orchestrator.store.common import Coalescer, check_transition, new_reservation_id
-from upm_orchestrator.store.tables import idempotency, ledger, profile_locks, reservations
+from upm_orchestrator.store.tables import idempotency, profile_locks, reservations
 
 MAX_GROUP = 500
+FOREVER = 2**63 - 1
 
 
 class SqlFatigueStore:
@@ -43,7 +50,11 @@ class SqlFatigueStore:
         self._engine = engine
         self._postgres = engine.dialect.name == "postgresql"
         self._concurrency = concurrency
-        self._single: Coalescer[ReserveRequest, ReserveResult] = Coalescer(self._reserve_grouped)
+        # One batch of single decisions at a time: a batch already spreads over up to
+        # `concurrency` transactions, and decisions arriving meanwhile join the next batch.
+        self._single: Coalescer[ReserveRequest, ReserveResult] = Coalescer(
+            self._reserve_grouped, max_running=1
+        )
 
     def _insert(self, table: Any) -> Any:
         return (pg_insert if self._postgres else sqlite_insert)(table)
@@ -61,33 +72,6 @@ class SqlFatigueStore:
                 self._insert(profile_locks).values(profile_id=profile_id).on_conflict_do_nothing()
             )
             await conn.execute(query)
-
-    async def _expire_stale(self, conn: AsyncConnection, profile_id: str, now_ms: int) -> None:
-        stale = (
-            (
-                await conn.execute(
-                    select(reservations.c.reservation_id).where(
-                        reservations.c.profile_id == profile_id,
-                        reservations.c.state == RESERVED,
-                        reservations.c.expire_ms <= now_ms,
-                    )
-                )
-            )
-            .scalars()
-            .all()
-        )
-        if not stale:
-            return
-        await conn.execute(
-            delete(ledger).where(
-                ledger.c.profile_id == profile_id, ledger.c.reservation_id.in_(stale)
-            )
-        )
-        await conn.execute(
-            update(reservations)
-            .where(reservations.c.reservation_id.in_(stale))
-            .values(state=EXPIRED)
-        )
 
     async def reserve(self, request: ReserveRequest) -> ReserveResult:
         return await self._single.submit(request)
@@ -171,24 +155,31 @@ class SqlFatigueStore:
                 )
             )
             prior = {(row.profile_id, row.idempotency_key): row for row in rows}
-        await self._expire_stale_many(conn, profile_ids, now)
-        ledger_entries: dict[tuple[str, str], list[int]] = defaultdict(list)
+        # Per (person, counter key): (time, counts until) of every live entry, oldest first.
+        ledger_entries: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
         checked = [r for r in requests if r.checks]
         if checked:
             ledger_rows = await conn.execute(
-                select(ledger.c.profile_id, ledger.c.counter_key, ledger.c.sent_ms)
-                .where(
-                    ledger.c.profile_id.in_({r.profile_id for r in checked}),
-                    ledger.c.counter_key.in_({c.key for r in checked for c in r.checks}),
-                    ledger.c.sent_ms >= min(c.since_ms for r in checked for c in r.checks),
+                select(
+                    reservations.c.profile_id,
+                    reservations.c.created_ms,
+                    reservations.c.state,
+                    reservations.c.expire_ms,
+                    reservations.c.counter_keys,
                 )
-                .order_by(ledger.c.sent_ms)
+                .where(
+                    reservations.c.profile_id.in_({r.profile_id for r in checked}),
+                    reservations.c.created_ms >= min(c.since_ms for r in checked for c in r.checks),
+                    reservations.c.state.in_((RESERVED, CONFIRMED)),
+                )
+                .order_by(reservations.c.created_ms)
             )
-            for profile_id, key, sent_ms in ledger_rows:
-                ledger_entries[(profile_id, key)].append(sent_ms)
+            for profile_id, created_ms, state, expire_ms, keys in ledger_rows:
+                until = FOREVER if state == CONFIRMED else expire_ms
+                for key in keys:
+                    ledger_entries[(profile_id, key)].append((created_ms, until))
         results: list[ReserveResult] = []
         new_reservations: list[dict[str, Any]] = []
-        new_entries: list[dict[str, Any]] = []
         new_keys: dict[tuple[str, str], dict[str, Any]] = {}
         trims: dict[str, int] = {}
         for request in requests:
@@ -204,11 +195,12 @@ class SqlFatigueStore:
                 results.append(_result_from_json(earlier["result"], replayed=True, decision=None))
                 continue
             violations: list[Violation] = []
+            now_ms = request.now_ms
             for check in request.checks:
                 entries = [
                     t
-                    for t in ledger_entries.get((profile_id, check.key), ())
-                    if t >= check.since_ms
+                    for t, until in ledger_entries.get((profile_id, check.key), ())
+                    if t >= check.since_ms and until > now_ms
                 ]
                 if len(entries) >= check.limit:
                     blocking = entries[len(entries) - check.limit]
@@ -217,6 +209,7 @@ class SqlFatigueStore:
             if request.reserve and not violations:
                 reservation_id = new_reservation_id(profile_id)
                 expire = request.now_ms + request.ttl_ms
+                writes = list(dict.fromkeys(request.writes))
                 new_reservations.append(
                     {
                         "reservation_id": reservation_id,
@@ -225,19 +218,12 @@ class SqlFatigueStore:
                         "created_ms": request.now_ms,
                         "expire_ms": expire,
                         "meta": request.meta,
+                        "counter_keys": writes,
                     }
                 )
-                for key in dict.fromkeys(request.writes):
-                    new_entries.append(
-                        {
-                            "profile_id": profile_id,
-                            "counter_key": key,
-                            "reservation_id": reservation_id,
-                            "sent_ms": request.now_ms,
-                        }
-                    )
+                for key in writes:
                     entries_for_key = ledger_entries[(profile_id, key)]
-                    entries_for_key.append(request.now_ms)
+                    entries_for_key.append((request.now_ms, expire))
                     entries_for_key.sort()
                 trims[profile_id] = max(
                     trims.get(profile_id, 0), request.now_ms - request.retention_ms
@@ -259,65 +245,44 @@ class SqlFatigueStore:
             results.append(_result_from_json(body, replayed=False, decision=None))
         if new_reservations:
             await conn.execute(reservations.insert(), new_reservations)
-        if new_entries:
-            await conn.execute(ledger.insert(), new_entries)
+        # One statement per distinct cutoff (one per policy), not one per person.
+        by_cutoff: dict[int, list[str]] = defaultdict(list)
         for profile_id, before in trims.items():
+            by_cutoff[before].append(profile_id)
+        for before, trimmed in by_cutoff.items():
             await conn.execute(
-                delete(ledger).where(ledger.c.profile_id == profile_id, ledger.c.sent_ms < before)
+                delete(reservations).where(
+                    reservations.c.profile_id.in_(trimmed), reservations.c.created_ms < before
+                )
             )
         if new_keys:
-            for profile_id, key in new_keys:
-                await conn.execute(
-                    delete(idempotency).where(
-                        idempotency.c.profile_id == profile_id,
-                        idempotency.c.idempotency_key == key,
-                    )
-                )
+            await conn.execute(
+                delete(idempotency).where(
+                    idempotency.c.profile_id == bindparam("p"),
+                    idempotency.c.idempotency_key == bindparam("k"),
+                ),
+                [{"p": profile_id, "k": key} for profile_id, key in new_keys],
+            )
             await conn.execute(idempotency.insert(), list(new_keys.values()))
         return results
 
-    async def _expire_stale_many(
-        self, conn: AsyncConnection, profile_ids: list[str], now_ms: int
-    ) -> None:
-        stale = (
-            (
-                await conn.execute(
-                    select(reservations.c.reservation_id).where(
-                        reservations.c.profile_id.in_(profile_ids),
-                        reservations.c.state == RESERVED,
-                        reservations.c.expire_ms <= now_ms,
-                    )
-                )
-            )
-            .scalars()
-            .all()
-        )
-        if not stale:
-            return
-        await conn.execute(delete(ledger).where(ledger.c.reservation_id.in_(stale)))
-        await conn.execute(
-            update(reservations)
-            .where(reservations.c.reservation_id.in_(stale))
-            .values(state=EXPIRED)
-        )
-
-    async def remember(self, profile_id: str, idempotency_key: str, decision: bytes) -> None:
+    async def remember(self, answers: Sequence[tuple[str, str, bytes]]) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(
                 update(idempotency)
                 .where(
-                    idempotency.c.profile_id == profile_id,
-                    idempotency.c.idempotency_key == idempotency_key,
+                    idempotency.c.profile_id == bindparam("p"),
+                    idempotency.c.idempotency_key == bindparam("k"),
                     idempotency.c.decision.is_(None),
                 )
-                .values(decision=decision)
+                .values(decision=bindparam("d")),
+                [{"p": p, "k": k, "d": d} for p, k, d in answers],
             )
 
     async def _move(self, reservation_id: str, now_ms: int, target: str) -> ReservationInfo:
         profile_id = reservation_profile(reservation_id)
         async with self._engine.begin() as conn:
             await self._lock(conn, profile_id)
-            await self._expire_stale(conn, profile_id, now_ms)
             row = (
                 await conn.execute(
                     select(reservations).where(reservations.c.reservation_id == reservation_id)
@@ -330,22 +295,16 @@ class SqlFatigueStore:
                     resource_name=reservation_id,
                 )
             state = row.state
+            if state == RESERVED and row.expire_ms <= now_ms:
+                state = EXPIRED
             if state == RESERVED:
                 state = target
+            if state != row.state:
                 await conn.execute(
                     update(reservations)
                     .where(reservations.c.reservation_id == reservation_id)
-                    .values(state=target)
+                    .values(state=state)
                 )
-                if target == RELEASED:
-                    await conn.execute(
-                        delete(ledger).where(
-                            and_(
-                                ledger.c.profile_id == profile_id,
-                                ledger.c.reservation_id == reservation_id,
-                            )
-                        )
-                    )
         info = ReservationInfo(reservation_id, profile_id, state, row.expire_ms, dict(row.meta))
         check_transition(info, target)
         return info
@@ -357,17 +316,18 @@ class SqlFatigueStore:
         return await self._move(reservation_id, now_ms, RELEASED)
 
     async def count(self, profile_id: str, key: str, since_ms: int, now_ms: int) -> int:
-        async with self._engine.begin() as conn:
-            await self._lock(conn, profile_id)
-            await self._expire_stale(conn, profile_id, now_ms)
+        async with self._engine.connect() as conn:
             rows = await conn.execute(
-                select(ledger.c.sent_ms).where(
-                    ledger.c.profile_id == profile_id,
-                    ledger.c.counter_key == key,
-                    ledger.c.sent_ms >= since_ms,
+                select(reservations.c.counter_keys).where(
+                    reservations.c.profile_id == profile_id,
+                    reservations.c.created_ms >= since_ms,
+                    or_(
+                        reservations.c.state == CONFIRMED,
+                        and_(reservations.c.state == RESERVED, reservations.c.expire_ms > now_ms),
+                    ),
                 )
             )
-            return len(rows.all())
+            return sum(1 for (keys,) in rows if key in keys)
 
     async def close(self) -> None:
         return None

@@ -12,6 +12,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 from upm_common.db import JsonType, UtcDateTime
@@ -26,18 +27,8 @@ profile_locks = Table(
     Column("profile_id", String(128), primary_key=True),
 )
 
-# One row per (reservation, counter key): the fatigue ledger.
-ledger = Table(
-    "orchestrator_ledger",
-    metadata,
-    Column("profile_id", String(128), primary_key=True),
-    Column("counter_key", Text, primary_key=True),
-    Column("reservation_id", String(200), primary_key=True),
-    Column("sent_ms", BigInteger, nullable=False),
-    Index("ix_orchestrator_ledger_window", "profile_id", "counter_key", "sent_ms"),
-    Index("ix_orchestrator_ledger_reservation", "reservation_id"),
-)
-
+# The fatigue ledger: one row per reservation, with every counter key it counts on. It counts
+# while confirmed, or reserved and not yet expired; rows older than the policy's retention go.
 reservations = Table(
     "orchestrator_reservations",
     metadata,
@@ -47,7 +38,9 @@ reservations = Table(
     Column("created_ms", BigInteger, nullable=False),
     Column("expire_ms", BigInteger, nullable=False),
     Column("meta", JsonType, nullable=False),
+    Column("counter_keys", JsonType, nullable=False, server_default=text("'[]'")),
     Index("ix_orchestrator_reservations_pending", "profile_id", "state", "expire_ms"),
+    Index("ix_orchestrator_reservations_window", "profile_id", "created_ms"),
 )
 
 idempotency = Table(
