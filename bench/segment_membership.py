@@ -4,12 +4,13 @@ A seeded population (bench/segment_datagen.py) is loaded into a fresh PostgreSQL
 the three benchmark segments saved and materialized. Then, for `seconds`, a producer plays the
 profile service at `rate` events/s: every 20 ms it inserts a slice of events (purchases and
 creative views, so memberships change) into the read model and appends the matching
-EVENT_APPLIED profile changes to the change feed (the SQL event log). The membership worker
-consumes the feed concurrently. For every membership change emitted while handling a batch of
-profile changes, the latency is the time from the append of the oldest change of that profile in
-the batch (its `change_time`) to the emission. Reported: p50/p99/max latency, changes emitted,
+EVENT_APPLIED profile changes to the change feed (the SQL event log). The producer runs in its
+own process, as the profile service does; the membership worker consumes the feed concurrently
+in this one. For every membership change emitted while handling a batch of profile changes, the
+latency is the time from the append of the oldest change of that profile in the batch (its
+`change_time`) to the emission. Reported: p50/p99/max latency, changes emitted,
 and the feed's backlog at the end, beside the bare append rate of the log (its ceiling).
-Producer and worker share this process. Run: `python -m bench.segment_membership [--smoke]`.
+Run: `python -m bench.segment_membership [--smoke]`.
 """
 
 from __future__ import annotations
@@ -17,25 +18,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import multiprocessing
 import random
 import statistics
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from bench.segment_count import SEGMENTS, _admin, _load_postgres, _server_url
-from bench.segment_datagen import NOW, profile_id
+from bench.segment_count import SEGMENTS, _admin, _connect, _load_postgres, _server_url
+from bench.segment_datagen import EVENT_COLUMNS, NOW, profile_id
 from upm.profile.v1 import profile_service_pb2 as profile_pb
 from upm.segment.v1 import segment_service_pb2 as pb
 from upm_common.db import create_engine
 from upm_common.eventlog import PROFILE_CHANGES, LogRecord
 from upm_common.eventlog.sql import SqlEventLog
 from upm_common.migrations import upgrade
-from upm_profile.store import tables as t
 from upm_segment.membership import (
     GROUP,
     MembershipHub,
@@ -47,6 +49,64 @@ from upm_segment.service import SegmentDomain
 from upm_segment.store.sql import SqlSegmentStore
 
 TICK_SECONDS = 0.02
+PURCHASE = json.dumps({"revenue": 40.0, "currency": "USD"})
+CREATIVE = json.dumps({"placement": "homepage", "creative": "new-product"})
+
+
+def _produce(
+    url: str, profiles: int, rate: int, seconds: float, origin: float
+) -> tuple[int, float]:
+    """The producer process: (events produced, seconds taken)."""
+    return asyncio.run(_produce_async(url, profiles, rate, seconds, origin))
+
+
+async def _produce_async(
+    url: str, profiles: int, rate: int, seconds: float, origin: float
+) -> tuple[int, float]:
+    engine = create_engine(url.replace("postgresql://", "postgresql+asyncpg://", 1))
+    log = SqlEventLog(engine)
+    copier = await _connect(url)  # events go in with COPY, as fast as the profile service's
+    produced = 0
+    rng = random.Random(11)
+    per_tick = max(1, int(rate * TICK_SECONDS))
+    started = time.perf_counter()
+    try:
+        deadline = time.monotonic() + seconds
+        next_tick = time.monotonic()
+        while time.monotonic() < deadline:
+            rows: list[tuple[Any, ...]] = []
+            changes: list[profile_pb.ProfileChange] = []
+            # The worker's clock (NOW at its start), on the machine-wide monotonic clock.
+            moment = NOW + timedelta(seconds=time.monotonic() - origin)
+            for _ in range(per_tick):
+                pid = profile_id(rng.randrange(profiles))
+                name = "Order Completed" if rng.random() < 0.5 else "Creative Viewed"
+                props = PURCHASE if name == "Order Completed" else CREATIVE
+                rows.append((uuid.uuid4().hex, pid, "track", name, moment, moment, props, "{}"))
+                changes.append(
+                    profile_pb.ProfileChange(
+                        change_id=uuid.uuid4().hex,
+                        type=profile_pb.PROFILE_CHANGE_TYPE_EVENT_APPLIED,
+                        profile_id=pid,
+                        event_name=name,
+                    )
+                )
+            await copier.copy_records_to_table(
+                "profile_events", records=rows, columns=list(EVENT_COLUMNS)
+            )
+            appended = time.time()
+            for change in changes:
+                change.change_time.seconds = int(appended)
+                change.change_time.nanos = int((appended % 1) * 1e9)
+            records = [LogRecord(c.profile_id, c.SerializeToString()) for c in changes]
+            await log.append(PROFILE_CHANGES, records)
+            produced += len(records)
+            next_tick += TICK_SECONDS
+            await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+        return produced, time.perf_counter() - started
+    finally:
+        await copier.close()
+        await engine.dispose()
 
 
 def _percentile(values: list[float], share: float) -> float:
@@ -110,56 +170,6 @@ async def run(smoke: bool) -> dict[str, Any]:
         await worker.refresh(force=True)
         materialize_seconds = time.perf_counter() - materialize_started
         latencies.clear()
-        produced = 0
-        rng = random.Random(11)
-
-        async def produce() -> None:
-            nonlocal produced
-            per_tick = max(1, int(rate * TICK_SECONDS))
-            deadline = time.monotonic() + seconds
-            next_tick = time.monotonic()
-            while time.monotonic() < deadline:
-                rows: list[dict[str, Any]] = []
-                changes: list[profile_pb.ProfileChange] = []
-                moment = clock()
-                for _ in range(per_tick):
-                    pid = profile_id(rng.randrange(profiles))
-                    event_name = "Order Completed" if rng.random() < 0.5 else "Creative Viewed"
-                    props: dict[str, Any] = (
-                        {"revenue": 40.0, "currency": "USD"}
-                        if event_name == "Order Completed"
-                        else {"placement": "homepage", "creative": "new-product"}
-                    )
-                    rows.append(
-                        {
-                            "id": uuid.uuid4().hex,
-                            "profile_id": pid,
-                            "type": "track",
-                            "name": event_name,
-                            "event_time": moment,
-                            "received_time": moment,
-                            "properties": props,
-                            "context": {},
-                        }
-                    )
-                    change = profile_pb.ProfileChange(
-                        change_id=uuid.uuid4().hex,
-                        type=profile_pb.PROFILE_CHANGE_TYPE_EVENT_APPLIED,
-                        profile_id=pid,
-                        event_name=event_name,
-                    )
-                    changes.append(change)
-                async with engine.begin() as conn:
-                    await conn.execute(t.events.insert(), rows)
-                appended = time.time()
-                for change in changes:
-                    change.change_time.seconds = int(appended)
-                    change.change_time.nanos = int((appended % 1) * 1e9)
-                records = [LogRecord(c.profile_id, c.SerializeToString()) for c in changes]
-                await log.append(PROFILE_CHANGES, records)
-                produced += len(records)
-                next_tick += TICK_SECONDS
-                await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
 
         async def consume() -> None:
             while True:
@@ -168,9 +178,11 @@ async def run(smoke: bool) -> dict[str, Any]:
                     await asyncio.sleep(0.005)
 
         tasks = [asyncio.create_task(consume())]
-        produce_started = time.perf_counter()
-        await produce()
-        produce_seconds = time.perf_counter() - produce_started
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(1, mp_context=context) as pool:
+            produced, produce_seconds = await asyncio.get_running_loop().run_in_executor(
+                pool, _produce, url, profiles, rate, seconds, started_wall
+            )
         drain_started = time.perf_counter()
         for _ in range(1200):  # at most 60 s
             if not await log.pending(PROFILE_CHANGES, GROUP):

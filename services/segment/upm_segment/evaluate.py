@@ -17,7 +17,7 @@ Semantics shared with the compiler:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -49,6 +49,8 @@ class ProfileData:
     identifier_types: set[str] = field(default_factory=set)
     events: list[EventRecord] = field(default_factory=list)
 
+
+EventNode = m.EventCondition | m.AggregateCondition
 
 _TRAIT_KIND = {
     "string": "string",
@@ -144,18 +146,34 @@ def in_window(window: m.Window | None, moment: datetime, now: datetime) -> bool:
     return window.start <= moment < window.end
 
 
-def matching_events(
-    node: m.EventCondition | m.AggregateCondition, profile: ProfileData
-) -> list[EventRecord]:
+def _matching(node: EventNode, events: Iterable[EventRecord]) -> list[EventRecord]:
     """Events of the node's name, type and property filters (any time)."""
     event_type = node.event_type if isinstance(node, m.EventCondition) else None
     return [
         event
-        for event in profile.events
+        for event in events
         if event.name == node.name
         and (event_type is None or event.type == event_type)
         and all(_filter(item, event.properties) for item in node.filters)
     ]
+
+
+class _Matches:
+    """The matching events of each event node for one profile, each computed once (evaluating
+    a tree and finding its next edge both need them). Keyed by node identity, so an instance
+    lives only as long as one call over trees that stay referenced meanwhile."""
+
+    def __init__(self, profile: ProfileData) -> None:
+        self._by_name: dict[str, list[EventRecord]] = {}
+        for event in profile.events:
+            self._by_name.setdefault(event.name, []).append(event)
+        self._found: dict[int, list[EventRecord]] = {}
+
+    def __call__(self, node: EventNode) -> list[EventRecord]:
+        found = self._found.get(id(node))
+        if found is None:
+            found = self._found[id(node)] = _matching(node, self._by_name.get(node.name, ()))
+        return found
 
 
 def period_bounds(every: m.Periodicity, now: datetime) -> list[tuple[datetime, datetime]]:
@@ -164,8 +182,8 @@ def period_bounds(every: m.Periodicity, now: datetime) -> list[tuple[datetime, d
     return [(now - (i + 1) * length, now - i * length) for i in range(every.count)]
 
 
-def _event(node: m.EventCondition, profile: ProfileData, now: datetime) -> bool:
-    events = [e for e in matching_events(node, profile) if in_window(node.window, e.time, now)]
+def _event(node: m.EventCondition, matches: _Matches, now: datetime) -> bool:
+    events = [e for e in matches(node) if in_window(node.window, e.time, now)]
     measure = node.measure
     if isinstance(measure, m.FirstLastMeasure):
         if not events:
@@ -181,8 +199,8 @@ def _event(node: m.EventCondition, profile: ProfileData, now: datetime) -> bool:
     )
 
 
-def _aggregate(node: m.AggregateCondition, profile: ProfileData, now: datetime) -> bool:
-    events = [e for e in matching_events(node, profile) if in_window(node.window, e.time, now)]
+def _aggregate(node: m.AggregateCondition, matches: _Matches, now: datetime) -> bool:
+    events = [e for e in matches(node) if in_window(node.window, e.time, now)]
     if node.property:
         numbers = []
         for event in events:
@@ -207,12 +225,47 @@ def _aggregate(node: m.AggregateCondition, profile: ProfileData, now: datetime) 
 
 def evaluate(condition: m.Condition, profile: ProfileData, now: datetime) -> bool:
     """Whether `profile` satisfies the resolved tree `condition` at `now`."""
+    return _holds(condition, profile, _Matches(profile), now)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A resolved tree prepared for evaluating many profiles: its event nodes that have window
+    edges, with their offsets (see `next_edge`), found once."""
+
+    condition: m.Condition
+    edge_nodes: tuple[tuple[EventNode, tuple[timedelta, ...]], ...]
+
+
+def plan(condition: m.Condition) -> Plan:
+    nodes = []
+    for node in m.walk(condition):
+        if isinstance(node, m.EventCondition | m.AggregateCondition):
+            offsets = _edge_offsets(node)
+            if offsets:
+                nodes.append((node, tuple(offsets)))
+    return Plan(condition, tuple(nodes))
+
+
+def evaluate_with_edges(
+    plans: Sequence[Plan], profile: ProfileData, now: datetime
+) -> list[tuple[bool, datetime | None]]:
+    """`evaluate` and `next_edge` of several trees for one profile, finding each event node's
+    matching events once."""
+    matches = _Matches(profile)
+    return [
+        (_holds(item.condition, profile, matches, now), _next_edge(item, matches, now))
+        for item in plans
+    ]
+
+
+def _holds(condition: m.Condition, profile: ProfileData, matches: _Matches, now: datetime) -> bool:
     if isinstance(condition, m.And):
-        return all(evaluate(child, profile, now) for child in condition.conditions)
+        return all(_holds(child, profile, matches, now) for child in condition.conditions)
     if isinstance(condition, m.Or):
-        return any(evaluate(child, profile, now) for child in condition.conditions)
+        return any(_holds(child, profile, matches, now) for child in condition.conditions)
     if isinstance(condition, m.Not):
-        return not evaluate(condition.condition, profile, now)
+        return not _holds(condition.condition, profile, matches, now)
     if isinstance(condition, m.TraitCondition):
         return _trait(condition, profile)
     if isinstance(condition, m.IdentifierCondition):
@@ -221,13 +274,13 @@ def evaluate(condition: m.Condition, profile: ProfileData, now: datetime) -> boo
         status = profile.consents.get((condition.channel, condition.purpose), "unknown")
         return status == condition.status
     if isinstance(condition, m.EventCondition):
-        return _event(condition, profile, now)
+        return _event(condition, matches, now)
     if isinstance(condition, m.AggregateCondition):
-        return _aggregate(condition, profile, now)
+        return _aggregate(condition, matches, now)
     raise ValueError("segment references must be resolved before evaluation")
 
 
-def _edge_offsets(node: m.EventCondition | m.AggregateCondition) -> list[timedelta]:
+def _edge_offsets(node: EventNode) -> list[timedelta]:
     """Offsets d such that the node's truth can change when `now` reaches `t + d` for a matching
     event time t (d = 0: a future event enters a relative window)."""
     offsets: list[timedelta] = []
@@ -246,12 +299,45 @@ def _edge_offsets(node: m.EventCondition | m.AggregateCondition) -> list[timedel
 def next_edge(condition: m.Condition, profile: ProfileData, now: datetime) -> datetime | None:
     """The earliest time after `now` at which the membership may change with no new data; None
     when it cannot. The scheduler re-evaluates the profile then."""
-    candidates: Iterable[datetime] = (
-        event.time + offset
-        for node in m.walk(condition)
-        if isinstance(node, m.EventCondition | m.AggregateCondition)
-        for offset in _edge_offsets(node)
-        for event in matching_events(node, profile)
-    )
-    future = [moment for moment in candidates if moment > now]
-    return min(future) if future else None
+    return _next_edge(plan(condition), _Matches(profile), now)
+
+
+def _next_edge(prepared: Plan, matches: _Matches, now: datetime) -> datetime | None:
+    earliest: datetime | None = None
+    for node, offsets in prepared.edge_nodes:
+        for event in matches(node):
+            for offset in offsets:
+                moment = event.time + offset
+                if moment > now and (earliest is None or moment < earliest):
+                    earliest = moment
+    return earliest
+
+
+def event_horizons(conditions: Iterable[m.Condition], now: datetime) -> dict[str, datetime | None]:
+    """Per event name of the trees, the earliest event time that can matter to `evaluate` or
+    `next_edge` at `now` (None: every event since the beginning). Older events of that name
+    need not be loaded."""
+    horizons: dict[str, datetime | None] = {}
+    for node in (node for condition in conditions for node in m.walk(condition)):
+        if not isinstance(node, m.EventCondition | m.AggregateCondition):
+            continue
+        horizon = _horizon(node, now)
+        if node.name in horizons:
+            known = horizons[node.name]
+            horizon = None if known is None or horizon is None else min(known, horizon)
+        horizons[node.name] = horizon
+    return horizons
+
+
+def _horizon(node: EventNode, now: datetime) -> datetime | None:
+    offsets = _edge_offsets(node)
+    reach = now - max(offsets) if offsets else None
+    window = node.window
+    if isinstance(window, m.AbsoluteWindow):
+        return window.start if reach is None else min(window.start, reach)
+    if isinstance(window, m.RelativeWindow):
+        return reach  # the window's duration is one of the offsets
+    measure = node.measure if isinstance(node, m.EventCondition) else None
+    if isinstance(measure, m.CountMeasure) and measure.every is not None:
+        return reach  # only the periods count, and the oldest one is the largest offset
+    return None

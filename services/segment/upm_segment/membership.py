@@ -40,10 +40,10 @@ from upm_common.protoconv import datetime_to_timestamp
 from upm_profile.store import tables as t
 from upm_segment import model as m
 from upm_segment.compile import SqlCompiler, prepare_read
-from upm_segment.evaluate import evaluate, next_edge
+from upm_segment.evaluate import Plan, evaluate_with_edges, event_horizons, next_edge, plan
 from upm_segment.resolve import resolve
 from upm_segment.service import Clock, utc_now
-from upm_segment.store.readmodel import live_profiles, load_profiles
+from upm_segment.store.readmodel import event_ranges, live_profiles, load_profiles
 from upm_segment.store.sql import MembershipRow, SegmentRecord, SqlSegmentStore
 
 log = structlog.get_logger(__name__)
@@ -82,6 +82,7 @@ class ActiveSegment:
     record: SegmentRecord
     resolved: m.Condition
     deps: m.Dependencies
+    plan: Plan
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,9 @@ class MembershipWorker:
             except Exception:
                 log.warning("segment definition cannot be resolved", segment_id=record.id)
                 continue
-            active[record.id] = ActiveSegment(record, resolved, m.dependencies(resolved))
+            active[record.id] = ActiveSegment(
+                record, resolved, m.dependencies(resolved), plan(resolved)
+            )
         self._segments = active
         self._loaded_at = now
         for segment in active.values():
@@ -233,19 +236,16 @@ class MembershipWorker:
                 row[0] for row in await conn.execute(compiler.members_query(segment.resolved))
             }
             candidates: set[str] = set()
+            horizons = event_horizons([segment.resolved], now)
             if segment.deps.time_dependent:
                 found = await conn.execute(
-                    select(t.events.c.profile_id)
-                    .where(t.events.c.name.in_(sorted(segment.deps.event_names)))
-                    .distinct()
+                    select(t.events.c.profile_id).where(event_ranges(horizons)).distinct()
                 )
                 candidates = {str(row[0]) for row in found}
             edges: dict[str, datetime | None] = {}
             ordered = sorted(candidates)
             for start in range(0, len(ordered), 2000):
-                loaded = await load_profiles(
-                    conn, ordered[start : start + 2000], event_names=segment.deps.event_names
-                )
+                loaded = await load_profiles(conn, ordered[start : start + 2000], events=horizons)
                 for profile_id, data in loaded.items():
                     edges[profile_id] = next_edge(segment.resolved, data, now)
         async with self.engine.connect() as conn:
@@ -350,18 +350,19 @@ class MembershipWorker:
             pid: [segments[sid] for sid in sorted(sids) if sid in segments]
             for pid, sids in todo.items()
         }
-        names: set[str] = set()
-        for items in chosen.values():
-            for segment in items:
-                names |= segment.deps.event_names
+        used = {s.record.id: s.resolved for items in chosen.values() for s in items}
+        horizons = event_horizons(used.values(), now)
         async with self.read_engine.connect() as conn:
             live = await live_profiles(conn, list(chosen))
-            loaded = await load_profiles(conn, sorted(live), event_names=names)
+            loaded = await load_profiles(conn, live, events=horizons)
         for profile_id, items in chosen.items():
             data = loaded.get(profile_id)
-            for segment in items:
-                member = data is not None and evaluate(segment.resolved, data, now)
-                edge = next_edge(segment.resolved, data, now) if data is not None else None
+            outcomes = (
+                evaluate_with_edges([s.plan for s in items], data, now)
+                if data is not None
+                else [(False, None)] * len(items)
+            )
+            for segment, (member, edge) in zip(items, outcomes, strict=True):
                 results.append(
                     MembershipRow(
                         segment.record.id, profile_id, member, segment.record.version, edge

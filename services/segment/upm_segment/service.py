@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from upm_common.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from upm_segment import model as m
 from upm_segment.compile import SqlCompiler, prepare_read
-from upm_segment.evaluate import evaluate
+from upm_segment.evaluate import evaluate, event_horizons
 from upm_segment.resolve import resolve
 from upm_segment.store.readmodel import live_profile_id, load_profile
 from upm_segment.store.sql import SegmentRecord, SqlSegmentStore, new_etag
@@ -282,7 +282,7 @@ class SegmentDomain:
         record = await self.store.get(segment_id)
         resolved = await self._resolved(record.definition, segment_id)
         at = now or self.clock()
-        names = m.dependencies(resolved).event_names
+        horizons = event_horizons([resolved], at)
         async with self.read_engine.connect() as conn:
             live = await live_profile_id(conn, profile_id)
             if live is None:
@@ -291,7 +291,7 @@ class SegmentDomain:
                     resource_type="profile",
                     resource_name=profile_id,
                 )
-            data = await load_profile(conn, live, event_names=names)
+            data = await load_profile(conn, live, events=horizons)
         return evaluate(resolved, data, at), live, at
 
     async def overlap(self, first_id: str, second_id: str, now: datetime | None) -> Overlap:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+import orjson
+from sqlalchemy import Text, and_, cast, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
 
 from upm_profile.store import tables as t
 from upm_segment.evaluate import EventRecord, ProfileData, TraitValue
+from upm_segment.store.id_lists import id_chunks, id_in
 
 _TYPED = {
     "string": "text_value",
@@ -37,78 +41,107 @@ async def live_profile_id(conn: AsyncConnection, profile_id: str) -> str | None:
 
 async def live_profiles(conn: AsyncConnection, profile_ids: Collection[str]) -> set[str]:
     """Those of `profile_ids` that exist and are not merged away."""
-    ids = sorted(set(profile_ids))
+    dialect = conn.dialect.name
     live: set[str] = set()
-    for start in range(0, len(ids), 500):
+    for chunk in id_chunks(profile_ids, dialect):
         rows = await conn.execute(
             select(t.profiles.c.id).where(
-                t.profiles.c.id.in_(ids[start : start + 500]), t.profiles.c.merged_into.is_(None)
+                id_in(t.profiles.c.id, chunk, dialect), t.profiles.c.merged_into.is_(None)
             )
         )
-        live.update(row[0] for row in rows)
+        live.update(rows.scalars().all())
     return live
 
 
 def trait_value(row: Any) -> TraitValue:
+    """A trait from its typed column, or from its JSON text for the other types."""
     column = _TYPED.get(row.value_type)
-    value = getattr(row, column) if column else row.value
-    return TraitValue(row.value_type, value)
+    if column:
+        return TraitValue(row.value_type, getattr(row, column))
+    return TraitValue(row.value_type, orjson.loads(row.value) if row.value else None)
 
 
 async def load_profile(
     conn: AsyncConnection,
     profile_id: str,
     *,
-    event_names: Collection[str] | None = None,
+    events: Mapping[str, datetime | None] | None = None,
 ) -> ProfileData:
-    """Everything the evaluator needs of one profile; events only of `event_names` when given."""
-    return (await load_profiles(conn, [profile_id], event_names=event_names))[profile_id]
+    """Everything the evaluator needs of one profile. With `events` (`event_horizons`), only
+    the events of those names, and of each name only those at or after its horizon (None:
+    all of them)."""
+    return (await load_profiles(conn, [profile_id], events=events))[profile_id]
 
 
 async def load_profiles(
     conn: AsyncConnection,
     profile_ids: Collection[str],
     *,
-    event_names: Collection[str] | None = None,
-    chunk_size: int = 500,
+    events: Mapping[str, datetime | None] | None = None,
 ) -> dict[str, ProfileData]:
-    """`load_profile` for many profiles, a few queries per chunk of ids."""
+    """`load_profile` for many profiles: one query per table (per chunk of ids on SQLite).
+    JSON comes back as text and is decoded here (orjson), and a trait's JSON value only for
+    the types without a typed column."""
+    dialect = conn.dialect.name
     found = {pid: ProfileData(pid) for pid in profile_ids}
-    ids = sorted(found)
-    for start in range(0, len(ids), chunk_size):
-        chunk = ids[start : start + chunk_size]
-        for row in await conn.execute(select(t.traits).where(t.traits.c.profile_id.in_(chunk))):
-            found[row.profile_id].traits[row.name] = trait_value(row)
-        consents = await conn.execute(
+    for chunk in id_chunks(found, dialect):
+        traits = t.traits.c
+        rows = await conn.execute(
             select(
-                t.consents.c.profile_id,
-                t.consents.c.channel,
-                t.consents.c.purpose,
-                t.consents.c.status,
-            ).where(t.consents.c.profile_id.in_(chunk))
+                traits.profile_id,
+                traits.name,
+                traits.value_type,
+                traits.text_value,
+                traits.num_value,
+                traits.bool_value,
+                traits.time_value,
+                cast(traits.value, Text).label("value"),
+            ).where(id_in(traits.profile_id, chunk, dialect))
         )
-        for row in consents:
+        for row in rows.all():
+            found[row.profile_id].traits[row.name] = trait_value(row)
+        consents = t.consents.c
+        rows = await conn.execute(
+            select(consents.profile_id, consents.channel, consents.purpose, consents.status).where(
+                id_in(consents.profile_id, chunk, dialect)
+            )
+        )
+        for row in rows.all():
             found[row.profile_id].consents[(row.channel, row.purpose)] = row.status
-        kinds = await conn.execute(
-            select(t.identifiers.c.profile_id, t.identifiers.c.type)
-            .where(t.identifiers.c.profile_id.in_(chunk))
+        identifiers = t.identifiers.c
+        rows = await conn.execute(
+            select(identifiers.profile_id, identifiers.type)
+            .where(id_in(identifiers.profile_id, chunk, dialect))
             .distinct()
         )
-        for row in kinds:
+        for row in rows.all():
             found[row.profile_id].identifier_types.add(row.type)
-        if event_names is not None and not event_names:
+        if events is not None and not events:
             continue
+        columns = t.events.c
         query = select(
-            t.events.c.profile_id,
-            t.events.c.name,
-            t.events.c.type,
-            t.events.c.event_time,
-            t.events.c.properties,
-        ).where(t.events.c.profile_id.in_(chunk))
-        if event_names is not None:
-            query = query.where(t.events.c.name.in_(sorted(event_names)))
-        for row in await conn.execute(query):
-            found[row.profile_id].events.append(
-                EventRecord(row.name, row.type, row.event_time, row.properties or {})
-            )
+            columns.profile_id,
+            columns.name,
+            columns.type,
+            columns.event_time,
+            cast(columns.properties, Text).label("properties"),
+        ).where(id_in(columns.profile_id, chunk, dialect))
+        if events is not None:
+            query = query.where(event_ranges(events))
+        for profile_id, name, kind, moment, text in (await conn.execute(query)).all():
+            properties = orjson.loads(text) if text else None
+            found[profile_id].events.append(EventRecord(name, kind, moment, properties or {}))
     return found
+
+
+def event_ranges(horizons: Mapping[str, datetime | None]) -> Any:
+    """Events of the names in `horizons`, each from its horizon on."""
+    columns = t.events.c
+    whole = sorted(name for name, since in horizons.items() if since is None)
+    ranges: list[ColumnElement[bool]] = [columns.name.in_(whole)] if whole else []
+    ranges += [
+        and_(columns.name == name, columns.event_time >= since)
+        for name, since in sorted(horizons.items())
+        if since is not None
+    ]
+    return or_(*ranges)

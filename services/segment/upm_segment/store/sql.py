@@ -17,6 +17,7 @@ from upm.segment.v1 import segment_service_pb2 as pb
 from upm_common.errors import AbortedError, AlreadyExistsError, NotFoundError
 from upm_segment import model as m
 from upm_segment.convert import from_proto, to_proto
+from upm_segment.store.id_lists import id_chunks, id_in
 from upm_segment.store.tables import segment_definitions as defs
 from upm_segment.store.tables import segment_memberships as members
 
@@ -185,13 +186,13 @@ class SqlSegmentStore:
     ) -> dict[tuple[str, str], MembershipRow]:
         """Stored rows for (segment id, profile id) pairs (looked up by profile id)."""
         wanted = set(pairs)
-        profile_ids = sorted({profile for _, profile in wanted})
+        dialect = conn.dialect.name
         found: dict[tuple[str, str], MembershipRow] = {}
-        for start in range(0, len(profile_ids), 1000):
+        for chunk in id_chunks({profile for _, profile in wanted}, dialect):
             rows = await conn.execute(
-                select(members).where(members.c.profile_id.in_(profile_ids[start : start + 1000]))
+                select(members).where(id_in(members.c.profile_id, chunk, dialect))
             )
-            for row in rows:
+            for row in rows.all():
                 key = (row.segment_id, row.profile_id)
                 if key in wanted:
                     found[key] = MembershipRow(
@@ -214,13 +215,19 @@ class SqlSegmentStore:
     async def profile_rows(
         self, conn: AsyncConnection, profile_ids: Sequence[str]
     ) -> list[MembershipRow]:
-        rows = await conn.execute(select(members).where(members.c.profile_id.in_(profile_ids)))
-        return [
-            MembershipRow(
-                r.segment_id, r.profile_id, r.member, r.segment_version, r.next_check_time
+        dialect = conn.dialect.name
+        found = []
+        for chunk in id_chunks(profile_ids, dialect):
+            rows = await conn.execute(
+                select(members).where(id_in(members.c.profile_id, chunk, dialect))
             )
-            for r in rows
-        ]
+            found += [
+                MembershipRow(
+                    r.segment_id, r.profile_id, r.member, r.segment_version, r.next_check_time
+                )
+                for r in rows.all()
+            ]
+        return found
 
     async def save_memberships(
         self, conn: AsyncConnection, rows: Sequence[MembershipRow], now: datetime
@@ -244,12 +251,13 @@ class SqlSegmentStore:
                 )
             else:
                 drop.setdefault(row.segment_id, []).append(row.profile_id)
+        dialect = conn.dialect.name
         for segment_id, profile_ids in drop.items():
-            for start in range(0, len(profile_ids), 1000):
+            for chunk in id_chunks(profile_ids, dialect):
                 await conn.execute(
                     delete(members).where(
                         members.c.segment_id == segment_id,
-                        members.c.profile_id.in_(profile_ids[start : start + 1000]),
+                        id_in(members.c.profile_id, chunk, dialect),
                     )
                 )
         if keep:
