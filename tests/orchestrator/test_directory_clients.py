@@ -41,6 +41,8 @@ class Profiles(profile_grpc.ProfileServiceServicer):
                 status = UNSUBSCRIBED if self.updates else SUBSCRIBED
                 profile.consents.add(channel="email", purpose=MARKETING, status=status)
                 results.append(profile_pb.BatchGetProfilesResult(found=True, profile=profile))
+            elif profile_id == "erased":
+                results.append(profile_pb.BatchGetProfilesResult(found=False, erased=True))
             else:
                 results.append(profile_pb.BatchGetProfilesResult(found=False))
         return profile_pb.BatchGetProfilesResponse(results=results)
@@ -80,10 +82,12 @@ async def peers() -> AsyncIterator[tuple[grpc.aio.Channel, Profiles]]:
 async def test_profile_client(peers: tuple[grpc.aio.Channel, Profiles]) -> None:
     channel, servicer = peers
     directory = GrpcProfileDirectory(channel)
-    found = await directory.get_profiles(["p1", "ghost"])
-    assert list(found) == ["p1"]
+    found = await directory.get_profiles(["p1", "ghost", "erased"])
+    assert list(found) == ["p1", "erased"]
     assert found["p1"].timezone == "Europe/Paris"
     assert found["p1"].consent("email", MARKETING) == SUBSCRIBED
+    assert not found["p1"].suppressed
+    assert found["erased"].suppressed  # no profile is left, yet they must not be contacted
     when = datetime(2026, 6, 1, tzinfo=UTC)
     await directory.withdraw_consent("p1", "sms", MARKETING, when, "orchestrator:complained")
     [update] = servicer.updates

@@ -279,3 +279,48 @@ async def test_merge_unmerge_batch_and_redirect_over_grpc(served) -> None:  # ty
         ["g-b"],
     ]
     assert split.split_profiles[1].id == second.id
+
+
+async def test_batch_get_tells_erased_people_from_unknown_ones(served) -> None:  # type: ignore[no-untyped-def]
+    stub, log = served
+    sent = [
+        make_event("identify", anonymous_id="x-a", traits={"email": "x1@corp.io"}),
+        make_event("identify", anonymous_id="x-b", traits={"email": "x2@corp.io"}, minutes=1),
+        make_event("identify", anonymous_id="x-c", traits={"email": "x3@corp.io"}, minutes=2),
+    ]
+    await log.append(EVENTS, [LogRecord(key="x", payload=e.SerializeToString()) for e in sent])
+    people = [
+        await _wait_for(
+            stub,
+            pb.GetProfileRequest(identifier=identity_pb2.Identifier(type=EMAIL, value=email)),
+        )
+        for email in ("x1@corp.io", "x2@corp.io", "x3@corp.io")
+    ]
+    erased, merged_away, kept = people
+    await stub.MergeProfiles(
+        pb.MergeProfilesRequest(
+            target_profile_id=erased.id, source_profile_id=merged_away.id, reason="same person"
+        ),
+        timeout=5,
+    )
+    await stub.ErasePerson(pb.ErasePersonRequest(profile_id=erased.id, reason="t-9"), timeout=5)
+
+    batch = await stub.BatchGetProfiles(
+        pb.BatchGetProfilesRequest(
+            profile_ids=[erased.id, merged_away.id, "f" * 32, kept.id, "not-an-id"],
+            identifiers=[
+                identity_pb2.Identifier(type=EMAIL, value="x2@corp.io"),
+                identity_pb2.Identifier(type=EMAIL, value="nobody@corp.io"),
+            ],
+        ),
+        timeout=5,
+    )
+    assert [(r.found, r.erased, r.profile.id) for r in batch.results] == [
+        (False, True, ""),
+        (False, True, ""),
+        (False, False, ""),
+        (True, False, kept.id),
+        (False, False, ""),
+        (False, True, ""),
+        (False, False, ""),
+    ]

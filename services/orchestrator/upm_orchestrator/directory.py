@@ -165,6 +165,11 @@ class GrpcProfileDirectory:
             except grpc.aio.AioRpcError as exc:
                 raise _peer_error(exc, "profiles") from exc
             for asked, result in zip(chunk, response.results, strict=False):
+                if result.erased:
+                    # An erased person has no profile left, yet must never be contacted again:
+                    # a suppressed stand-in makes the decision DENY rather than NOT_FOUND.
+                    found[asked] = ProfileInfo(asked, suppressed=True)
+                    continue
                 if not result.found:
                     continue
                 profile = result.profile

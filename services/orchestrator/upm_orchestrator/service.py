@@ -582,6 +582,10 @@ class Orchestrator:
                 resource_type="profile",
                 resource_name=request.profile_id,
             )
+        if found[request.profile_id].suppressed:
+            # Nothing is kept about an erased person, as ingest drops their events at the door;
+            # they can no longer be messaged, so there is no consent left to withdraw.
+            return False
         kind = pb.OutcomeType.Name(request.type).removeprefix("OUTCOME_TYPE_").lower()
         consent_updated = False
         if request.type in (pb.OUTCOME_TYPE_UNSUBSCRIBED, pb.OUTCOME_TYPE_COMPLAINED):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +44,14 @@ def page_size_of(value: int, field: str = "page_size") -> int:
     if value < 0:
         raise InvalidArgumentError.for_field(field, "must not be negative")
     return min(value or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    """One answer of `batch_get`: the profile, or none and whether the person was erased."""
+
+    profile: ProfileView | None
+    erased: bool = False
 
 
 class ProfileDomain:
@@ -97,7 +106,7 @@ class ProfileDomain:
 
     async def batch_get(
         self, profile_ids: Sequence[str], identifiers: Sequence[identity_pb2.Identifier]
-    ) -> list[ProfileView | None]:
+    ) -> list[BatchEntry]:
         if len(profile_ids) + len(identifiers) > MAX_BATCH:
             raise InvalidArgumentError.for_field(
                 "profile_ids", f"at most {MAX_BATCH} ids and identifiers together"
@@ -106,11 +115,32 @@ class ProfileDomain:
         for pid in profile_ids:
             # A malformed id cannot exist: it is reported as not found, like any unknown id.
             wanted.append(await self.store.resolve(pid) if _PROFILE_ID_RE.match(pid) else None)
-        for index, message in enumerate(identifiers):
-            key = self.identifier(message, f"identifiers[{index}]")
+        keys = [
+            self.identifier(message, f"identifiers[{index}]")
+            for index, message in enumerate(identifiers)
+        ]
+        for key in keys:
             wanted.append(await self.store.owner_of(key))
         views = await self.store.load_profiles([w for w in wanted if w])
-        return [views.get(w) if w else None for w in wanted]
+        # Callers such as the orchestrator must tell an erased person (never contact them) from
+        # one that never existed, so the misses are checked against what erasure left behind.
+        missing_ids = [
+            pid
+            for pid, live in zip(profile_ids, wanted, strict=False)
+            if live is None and _PROFILE_ID_RE.match(pid)
+        ]
+        missing_keys = [
+            k for k, live in zip(keys, wanted[len(profile_ids) :], strict=True) if not live
+        ]
+        erased_ids = await self.store.erased_ids(missing_ids)
+        suppressed = await self.store.is_suppressed(missing_keys) if missing_keys else set()
+        asked: list[str | IdentifierKey] = [*profile_ids, *keys]
+        return [
+            BatchEntry(views[w])
+            if w and w in views
+            else BatchEntry(None, erased=a in erased_ids or a in suppressed)
+            for a, w in zip(asked, wanted, strict=True)
+        ]
 
     async def list_events(
         self,

@@ -69,13 +69,13 @@ class ProfileServicer(pb_grpc.ProfileServiceServicer):
     async def BatchGetProfiles(  # noqa: N802
         self, request: pb.BatchGetProfilesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.BatchGetProfilesResponse:
-        views = await self.domain.batch_get(request.profile_ids, request.identifiers)
+        entries = await self.domain.batch_get(request.profile_ids, request.identifiers)
         return pb.BatchGetProfilesResponse(
             results=[
-                pb.BatchGetProfilesResult(found=True, profile=profile_to_proto(v))
-                if v is not None
-                else pb.BatchGetProfilesResult(found=False)
-                for v in views
+                pb.BatchGetProfilesResult(found=True, profile=profile_to_proto(e.profile))
+                if e.profile is not None
+                else pb.BatchGetProfilesResult(found=False, erased=e.erased)
+                for e in entries
             ]
         )
 

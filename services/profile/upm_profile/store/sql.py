@@ -1728,6 +1728,22 @@ class SqlProfileStore:
             )
             return {hashes[r[0]] for r in rows}
 
+    async def erased_ids(self, profile_ids: Iterable[str]) -> set[str]:
+        """Those of `profile_ids` that ErasePerson deleted, itself or as merged into the erased
+        profile. The erase audit records are the only trace an erased id leaves; they are read
+        only for ids no profile row answers, and erasures are rare next to profiles."""
+        wanted = set(profile_ids)
+        if not wanted:
+            return set()
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(audit_log.c.details).where(audit_log.c.action == "erase")
+            )
+            erased: set[str] = set()
+            for row in rows:
+                erased.update(wanted.intersection(row.details.get("erased_profile_ids", ())))
+            return erased
+
     # ------------------------------------------------------------------ reads
 
     async def resolve(self, profile_id: str) -> str | None:

@@ -793,7 +793,8 @@ class BatchGetProfilesResponse(_message.Message):
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchGetProfilesResult]:
         """One entry per requested id then identifier, in request order; `found` is false for an
-        unknown (or malformed) id or an identifier no profile holds.
+        unknown (or malformed) id or an identifier no profile holds, and `erased` then tells an
+        erased person apart from one that never existed.
         """
 
     def __init__(
@@ -817,8 +818,14 @@ class BatchGetProfilesResult(_message.Message):
 
     FOUND_FIELD_NUMBER: _builtins.int
     PROFILE_FIELD_NUMBER: _builtins.int
+    ERASED_FIELD_NUMBER: _builtins.int
     found: _builtins.bool
     """True when the profile was found."""
+    erased: _builtins.bool
+    """True when `found` is false because the person was erased with ErasePerson: the id was
+    erased (or had been merged into a profile that was erased), or the identifier is on the
+    suppression list. An id that never existed has `found` and `erased` both false.
+    """
     @_builtins.property
     def profile(self) -> Global___Profile:
         """The profile, when found."""
@@ -828,10 +835,11 @@ class BatchGetProfilesResult(_message.Message):
         *,
         found: _builtins.bool = ...,
         profile: Global___Profile | None = ...,
+        erased: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["found", b"found", "profile", b"profile"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erased", b"erased", "found", b"found", "profile", b"profile"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
