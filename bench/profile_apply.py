@@ -52,7 +52,9 @@ from upm_profile.worker import GROUP, ProfileWorker
 
 BATCH = int(os.environ.get("UPM_BENCH_PROFILE_BATCH", "1000"))
 PROCESSES = int(os.environ.get("UPM_BENCH_PROFILE_PROCESSES", "2"))
-TASKS_PER_PROCESS = int(os.environ.get("UPM_BENCH_PROFILE_WORKERS", "2"))
+# One worker per process, as the service's default (UPM_PROFILE_WORKER_CONCURRENCY): two in one
+# process measured slower, since they queue behind each other's identifier locks.
+TASKS_PER_PROCESS = int(os.environ.get("UPM_BENCH_PROFILE_WORKERS", "1"))
 # Events waiting in the log at most while the feeder appends (the streaming load).
 BACKLOG = int(os.environ.get("UPM_BENCH_PROFILE_BACKLOG", "10000"))
 FEED_CHUNK = 2_000
