@@ -12,6 +12,7 @@ import pytest
 
 from tests.ingest.conftest import Running
 from upm.common.v1 import event_pb2
+from upm.ingest.v1 import ingest_service_pb2 as pb
 
 ENDPOINTS = {
     "identify": ["/v1/identify", "/v1/i"],
@@ -212,6 +213,71 @@ async def test_batch_level_sent_at_and_context_apply_to_each_event(
     assert event.context.library_name == "analytics-python"
     delta = event.received_time.ToDatetime() - event.event_time.ToDatetime()
     assert abs(delta.total_seconds() - 3600) < 1
+
+
+async def test_the_http_and_grpc_doors_log_the_same_event(ingest: Running) -> None:
+    segment = {
+        "type": "page",
+        "messageId": "same-event",
+        "userId": 42,
+        "anonymousId": " anon-7 ",
+        "name": "Pricing",
+        "category": "Docs",
+        "timestamp": "2030-01-01T12:00:00.123456+02:00",
+        "properties": {"plan": "pro", "seats": 3, "trial": False, "tags": ["a", {"b": None}]},
+        "traits": {"email": "a@example.com"},
+        "integrations": {"All": True},
+        "context": {
+            "ip": "203.0.113.9",
+            "userAgent": "curl/8.0",
+            "locale": "fr-FR",
+            "timezone": "Europe/Paris",
+            "page": {"url": "https://example.com/pricing", "title": "Pricing"},
+            "campaign": {"name": "spring", "source": "news"},
+            "library": {"name": "analytics.js", "version": 4},
+            "traits": {"plan": "pro"},
+            "screen": {"width": 1280},
+        },
+    }
+    status, _, _ = await ingest.post("/v1/batch", {"batch": [segment]})
+    assert status == 200
+    [from_http] = await ingest.events(1)
+
+    proto = event_pb2.Event(
+        type=event_pb2.EVENT_TYPE_PAGE,
+        message_id="same-event-again",  # the same id would be dropped as a duplicate
+        user_id="42",
+        anonymous_id="anon-7",
+        name="Pricing",
+        context=event_pb2.Context(
+            ip="203.0.113.9",
+            user_agent="curl/8.0",
+            locale="fr-FR",
+            timezone="Europe/Paris",
+            page=event_pb2.Page(url="https://example.com/pricing", title="Pricing"),
+            campaign=event_pb2.Campaign(name="spring", source="news"),
+            library_name="analytics.js",
+            library_version="4",
+        ),
+    )
+    proto.event_time.FromJsonString("2030-01-01T10:00:00.123456Z")
+    proto.properties.update({**segment["properties"], "category": "Docs"})
+    proto.traits.update(segment["traits"])
+    proto.integrations.update(segment["integrations"])
+    proto.context.traits.update({"plan": "pro"})
+    proto.context.extra.update({"screen": {"width": 1280}})
+    await ingest.stub.BatchIngest(
+        pb.BatchIngestRequest(events=[proto]),
+        metadata=(("x-upm-write-key", ingest.write_key),),
+    )
+    [from_grpc] = await ingest.events(1)
+
+    # Everything but the message id and the moment each door received the event is the same.
+    assert (from_http.message_id, from_grpc.message_id) == ("same-event", "same-event-again")
+    for logged in (from_http, from_grpc):
+        logged.ClearField("message_id")
+        logged.ClearField("received_time")
+    assert from_http == from_grpc
 
 
 async def test_server_assigns_a_message_id_when_missing(

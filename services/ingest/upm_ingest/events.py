@@ -283,48 +283,65 @@ _KNOWN_CONTEXT = {
 
 
 def _fill_context(context: event_pb2.Context, data: Mapping[str, Any]) -> None:
-    # Only the fields present are touched (setting "" would be the same, but slower).
-    value = data.get("ip")
+    # Runs for every event: only the fields present are touched (setting "" would be the same,
+    # but slower), and a plain string is stored without a call to `_string` (each call costs
+    # about as much as the assignment itself). The checks run in a fixed field order, so a bad
+    # event always names the same field.
+    get = data.get
+    value = get("ip")
     if value is not None:
-        context.ip = _string(value, "context.ip")
-    value = data.get("userAgent")
+        context.ip = value if type(value) is str else _string(value, "context.ip")
+    value = get("userAgent")
     if value is not None:
-        context.user_agent = _string(value, "context.userAgent")
-    value = data.get("locale")
+        context.user_agent = value if type(value) is str else _string(value, "context.userAgent")
+    value = get("locale")
     if value is not None:
-        context.locale = _string(value, "context.locale")
-    value = data.get("timezone")
+        context.locale = value if type(value) is str else _string(value, "context.locale")
+    value = get("timezone")
     if value is not None:
-        context.timezone = _string(value, "context.timezone")
-    page = _object(data.get("page"), "context.page")
-    if page:
-        target: Any = context.page
-        for name in _PAGE_FIELDS:
-            value = page.get(name)
-            if value is not None:
-                setattr(target, name, _string(value, f"context.page.{name}"))
-    campaign = _object(data.get("campaign"), "context.campaign")
-    if campaign:
-        target = context.campaign
-        for name in _CAMPAIGN_FIELDS:
-            value = campaign.get(name)
-            if value is not None:
-                setattr(target, name, _string(value, f"context.campaign.{name}"))
-    traits = _object(data.get("traits"), "context.traits")
-    if traits:
+        context.timezone = value if type(value) is str else _string(value, "context.timezone")
+    page = get("page")
+    if page is not None:
+        _fill_strings(context.page, _object(page, "context.page"), _PAGE_FIELDS, "context.page.")
+    campaign = get("campaign")
+    if campaign is not None:
+        _fill_strings(
+            context.campaign,
+            _object(campaign, "context.campaign"),
+            _CAMPAIGN_FIELDS,
+            "context.campaign.",
+        )
+    traits = get("traits")
+    if traits is not None and _object(traits, "context.traits"):
         update_struct(context.traits, traits)
-    library = _object(data.get("library"), "context.library")
-    if library:
-        context.library_name = _string(library.get("name"), "context.library.name")
+    library = get("library")
+    if library is not None and _object(library, "context.library"):
+        name = library.get("name")
+        context.library_name = name if type(name) is str else _string(name, "context.library.name")
         version = library.get("version")
         context.library_version = (
-            str(version)
+            version
+            if type(version) is str
+            else str(version)
             if isinstance(version, int | float) and not isinstance(version, bool)
             else _string(version, "context.library.version")
         )
     if not data.keys() <= _KNOWN_CONTEXT:
         extra = {key: value for key, value in data.items() if key not in _KNOWN_CONTEXT}
         update_struct(context.extra, extra)
+
+
+def _fill_strings(
+    target: Any, values: Mapping[str, Any] | None, names: tuple[str, ...], prefix: str
+) -> None:
+    """Copy the string fields `names` present in `values` (context.page, context.campaign)."""
+    if not values:
+        return
+    get = values.get
+    for name in names:
+        value = get(name)
+        if value is not None:
+            setattr(target, name, value if type(value) is str else _string(value, prefix + name))
 
 
 def _external_ids(value: Any) -> list[identity_pb2.Identifier]:
@@ -390,8 +407,12 @@ def from_segment_json(
         raise FieldError("", "an event must be a JSON object")
     if encoded is None or not _shape_ok(encoded, limits):
         check_json_shape(data, "", limits)
+    # Runs for every event. The checks run in a fixed field order (a bad event always names the
+    # same field); plain strings and ids skip the calls to `_string` and `_identity`, which
+    # cost about as much as storing the value; only the fields present are touched.
+    get = data.get
     event = event_pb2.Event()
-    type_name = data.get("type", data.get("action"))
+    type_name = get("type", get("action"))
     if implied_type is not None:
         if type_name is not None and str(type_name).lower() != implied_type:
             raise FieldError("type", f"must be {implied_type!r} on this endpoint")
@@ -400,39 +421,49 @@ def from_segment_json(
     if kind is None:
         raise FieldError("type", "must be one of " + ", ".join(TYPE_BY_NAME))
     event.type = kind  # type: ignore[assignment]
-    message_id = data.get("messageId")
-    if message_id is not None:
-        if not isinstance(message_id, str):
+    value = get("messageId")
+    if value is not None:
+        if not isinstance(value, str):
             raise FieldError("messageId", "must be a string")
-        event.message_id = message_id.strip()
-    # Only the fields present are touched (setting "" would be the same, but slower).
-    value = data.get("userId")
+        event.message_id = value.strip()
+    # An id of at most MAX_ID_LENGTH characters stays within it once stripped.
+    value = get("userId")
     if value is not None:
-        event.user_id = _identity(value, "userId")
-    value = data.get("anonymousId")
+        event.user_id = (
+            value.strip()
+            if type(value) is str and len(value) <= MAX_ID_LENGTH
+            else _identity(value, "userId")
+        )
+    value = get("anonymousId")
     if value is not None:
-        event.anonymous_id = _identity(value, "anonymousId")
-    value = data.get("event")
+        event.anonymous_id = (
+            value.strip()
+            if type(value) is str and len(value) <= MAX_ID_LENGTH
+            else _identity(value, "anonymousId")
+        )
+    value = get("event")
     if value is not None:
-        event.event = _string(value, "event")
-    value = data.get("name")
+        event.event = value if type(value) is str else _string(value, "event")
+    value = get("name")
     if value is not None:
-        event.name = _string(value, "name")
-    value = data.get("groupId")
+        event.name = value if type(value) is str else _string(value, "name")
+    value = get("groupId")
     if value is not None:
         event.group_id = _identity(value, "groupId")
-    value = data.get("previousId")
+    value = get("previousId")
     if value is not None:
         event.previous_id = _identity(value, "previousId")
-    properties = _object(data.get("properties"), "properties")
-    if properties:
-        update_struct(event.properties, properties)
-    if event.type == event_pb2.EVENT_TYPE_PAGE and "category" in data and data["category"]:
-        event.properties["category"] = _string(data["category"], "category")
-    traits = _object(data.get("traits"), "traits")
-    if traits:
-        update_struct(event.traits, traits)
-    context = _object(data.get("context"), "context") or {}
+    value = get("properties")
+    if value is not None and _object(value, "properties"):
+        update_struct(event.properties, value)
+    if kind == event_pb2.EVENT_TYPE_PAGE:
+        value = get("category")
+        if value:
+            event.properties["category"] = _string(value, "category")
+    value = get("traits")
+    if value is not None and _object(value, "traits"):
+        update_struct(event.traits, value)
+    context = _object(get("context"), "context") or {}
     if defaults is not None and defaults.context:
         context = {**defaults.context, **context}
     if context:
@@ -440,18 +471,25 @@ def from_segment_json(
         external_ids = context.get("externalIds")
         if external_ids is not None:
             event.identifiers.extend(_external_ids(external_ids))
-    integrations = _object(data.get("integrations"), "integrations")
+    integrations = _object(get("integrations"), "integrations")
     if integrations is None and defaults is not None and defaults.integrations:
         integrations = dict(defaults.integrations)
     if integrations:
         update_struct(event.integrations, integrations)
-    for field, target in (("timestamp", "event_time"), ("originalTimestamp", "original_time")):
-        if data.get(field) is not None:
-            _set_stamp(getattr(event, target), datetime_ns(parse_time(data[field], field)))
-    sent_raw = data.get("sentAt")
-    if sent_raw is None and defaults is not None:
-        sent_raw = defaults.sent_at
-    sent_at = datetime_ns(parse_time(sent_raw, "sentAt")) if sent_raw is not None else None
+    value = get("timestamp")
+    if value is not None:
+        stamp = event.event_time
+        stamp.seconds, stamp.nanos = divmod(datetime_ns(parse_time(value, "timestamp")), _NS)
+    value = get("originalTimestamp")
+    if value is not None:
+        stamp = event.original_time
+        stamp.seconds, stamp.nanos = divmod(
+            datetime_ns(parse_time(value, "originalTimestamp")), _NS
+        )
+    value = get("sentAt")
+    if value is None and defaults is not None:
+        value = defaults.sent_at
+    sent_at = datetime_ns(parse_time(value, "sentAt")) if value is not None else None
     return event, sent_at
 
 
