@@ -46,6 +46,17 @@ class MessageSpec:
     variant: str = ""
     idempotency_key: str = ""
 
+    def rule_key(self) -> tuple[object, ...]:
+        """Everything about the message that decides which rules apply (not variant or key)."""
+        return (
+            self.campaign_id,
+            self.category,
+            self.tags,
+            self.intent_key,
+            self.purpose,
+            self.priority,
+        )
+
 
 @dataclass(frozen=True)
 class ProfileInfo:
@@ -268,15 +279,7 @@ def consent_reason(
 
 def _shape(policy: CompiledPolicy, channel: str, message: MessageSpec) -> _Shape:
     """The rules that apply to `message` on `channel`, cached on the policy version."""
-    key = (
-        channel,
-        message.campaign_id,
-        message.category,
-        message.tags,
-        message.intent_key,
-        message.purpose,
-        message.priority,
-    )
+    key = (channel, *message.rule_key())
     shapes = policy.shapes
     found: _Shape | None = shapes.get(key)
     if found is not None:

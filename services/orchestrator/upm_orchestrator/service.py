@@ -278,12 +278,7 @@ class Orchestrator:
             key = (
                 id(item.policy),
                 item.channel,
-                message.campaign_id,
-                message.category,
-                message.tags,
-                message.intent_key,
-                message.purpose,
-                message.priority,
+                *message.rule_key(),
                 profile.suppressed,
                 profile.timezone,
                 profile.consent(item.channel, message.purpose),
