@@ -109,6 +109,7 @@ def _http_batches(run: str, batches: int, size: int) -> list[bytes]:
 
 async def _serve_ingest(redis_url: str, prefix: str) -> None:
     from upm_common.eventlog.redis import RedisEventLog
+    from upm_common.logging import configure_logging
     from upm_common.migrations import upgrade
     from upm_common.redis import create_redis
     from upm_common.server import build_server
@@ -116,6 +117,9 @@ async def _serve_ingest(redis_url: str, prefix: str) -> None:
     from upm_ingest.settings import IngestSettings
     from upm_ingest.store import SourceLimitOverrides
 
+    # As `upm serve` does in production (JSON lines); unconfigured, structlog would render
+    # every RPC's line for a terminal onto the pipe the parent stops reading after READY.
+    configure_logging("json", os.environ.get("UPM_LOG_LEVEL", "warning"))
     folder = tempfile.mkdtemp(prefix="upm-bench-")
     database_url = f"sqlite+aiosqlite:///{folder}/bench.db"
     await upgrade(database_url, "eventlog")
