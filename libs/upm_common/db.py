@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, event
+from sqlalchemy import JSON, DateTime, event, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -86,3 +86,13 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+async def driver_connection(conn: AsyncConnection) -> Any:
+    """The driver's own connection under `conn` (asyncpg on PostgreSQL), inside the
+    transaction of `conn`: hot paths send array statements and COPY straight to it."""
+    raw = await conn.get_raw_connection()
+    if getattr(raw.dbapi_connection, "_transaction", True) is None:
+        # SQLAlchemy's asyncpg adapter begins its transaction on the first statement it runs.
+        await conn.execute(text("SELECT 1"))
+    return raw.driver_connection

@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, insert, literal, or_, select, text, update
+from sqlalchemy import and_, delete, exists, func, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from upm_common.db import driver_connection
 from upm_common.eventlog.base import (
     DEFAULT_MAX_ATTEMPTS,
     Delivery,
@@ -31,15 +31,6 @@ _POLL_MAX_SECONDS = 0.5
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-async def _driver(conn: AsyncConnection) -> Any:
-    """The asyncpg connection under `conn`, inside the transaction of `conn`."""
-    raw = await conn.get_raw_connection()
-    if getattr(raw.dbapi_connection, "_transaction", True) is None:
-        # SQLAlchemy's asyncpg adapter begins its transaction on the first statement it runs.
-        await conn.execute(text("SELECT 1"))
-    return raw.driver_connection
 
 
 class SqlEventLog:
@@ -65,7 +56,7 @@ class SqlEventLog:
         now = _now()
         if self._skip_locked:
             # PostgreSQL: the entries and their fan-out to every group in one statement.
-            driver = await _driver(conn)
+            driver = await driver_connection(conn)
             rows = await driver.fetch(
                 "WITH e AS (INSERT INTO eventlog_entries (topic, key, payload, appended_time)"
                 " SELECT $1, r.k, r.p, $4 FROM unnest($2::text[], $3::bytea[])"
@@ -215,7 +206,7 @@ class SqlEventLog:
         lock step saw but the UPDATE's snapshot does not is left for a later claim rather than
         returned without a lease."""
         async with self._engine.begin() as conn:
-            driver = await _driver(conn)
+            driver = await driver_connection(conn)
             rows = await driver.fetch(
                 "WITH c AS (SELECT ctid AS row_id, entry_id, attempts FROM eventlog_deliveries"
                 " WHERE topic = $1 AND group_name = $2"
@@ -275,7 +266,7 @@ class SqlEventLog:
         async with self._engine.begin() as conn:
             if self._skip_locked:
                 # PostgreSQL: the deliveries and the entries no other group needs, at once.
-                driver = await _driver(conn)
+                driver = await driver_connection(conn)
                 await driver.execute(
                     "WITH d AS (DELETE FROM eventlog_deliveries"
                     " WHERE topic = $1 AND group_name = $2 AND entry_id = ANY($3::bigint[])"

@@ -36,7 +36,6 @@ from sqlalchemy import (
     insert,
     or_,
     select,
-    text,
     tuple_,
     update,
 )
@@ -45,6 +44,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from upm.profile.v1 import profile_service_pb2 as pb
+from upm_common.db import driver_connection
 from upm_common.errors import AbortedError, FailedPreconditionError, NotFoundError
 from upm_profile.changes import ChangePublisher, change
 from upm_profile.effects import ORDER_COMPLETED, EventEffects, replay_effects
@@ -213,20 +213,8 @@ class SqlProfileStore:
                 for c in json_columns:
                     row[c] = dumps(row[c]).decode()
         records = [tuple(row.values()) for row in rows]
-        raw = await conn.get_raw_connection()
-        driver: Any = raw.driver_connection
+        driver = await driver_connection(conn)
         await driver.copy_records_to_table(table.name, records=records, columns=columns)
-
-    async def _driver(self, conn: AsyncConnection) -> Any:
-        """The asyncpg connection under `conn`, inside the transaction of `conn` (PostgreSQL
-        only): the hot path sends its statements straight to it, one array statement per table
-        (asyncpg prepares and caches each statement once per connection)."""
-        raw = await conn.get_raw_connection()
-        adapted: Any = raw.dbapi_connection
-        if getattr(adapted, "_transaction", True) is None:
-            # The adapter begins its transaction lazily, on the first statement it runs.
-            await conn.execute(text("SELECT 1"))
-        return raw.driver_connection
 
     async def _lock_identifiers(self, conn: AsyncConnection, keys: Iterable[IdentifierKey]) -> None:
         if not self.is_postgres:
@@ -234,7 +222,7 @@ class SqlProfileStore:
         lock_ids = sorted({k.lock_id() for k in keys})
         if lock_ids:
             # One statement takes every lock of the batch, in sorted order (no lock cycles).
-            driver = await self._driver(conn)
+            driver = await driver_connection(conn)
             await driver.execute(
                 "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k",
                 lock_ids,
@@ -245,18 +233,10 @@ class SqlProfileStore:
             return
         ids = sorted(set(profile_ids))
         if ids:
-            driver = await self._driver(conn)
+            driver = await driver_connection(conn)
             await driver.execute(
                 "SELECT id FROM profile_profiles WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
                 ids,
-            )
-            return
-        for chunk in _chunks(ids):
-            await conn.execute(
-                select(profiles.c.id)
-                .where(profiles.c.id.in_(chunk))
-                .order_by(profiles.c.id)
-                .with_for_update()
             )
 
     async def _owners(
@@ -264,7 +244,7 @@ class SqlProfileStore:
     ) -> dict[IdentifierKey, str]:
         found: dict[IdentifierKey, str] = {}
         if self.is_postgres and keys:
-            driver = await self._driver(conn)
+            driver = await driver_connection(conn)
             rows = await driver.fetch(
                 "SELECT i.type, i.value, i.profile_id FROM profile_identifiers AS i"
                 " JOIN unnest($1::text[], $2::text[]) AS k(type, value)"
@@ -349,7 +329,7 @@ class SqlProfileStore:
         if isinstance(loaded, ApplyResult):
             return loaded
         items, suppressed, duplicates, owners, limited, counts, any_revoked = loaded
-        driver: Any = await self._driver(conn) if self.is_postgres else None
+        driver: Any = await driver_connection(conn) if self.is_postgres else None
 
         async def unmerged(a: set[str], b: set[str]) -> bool:
             return any_revoked and await self._unmerged_between(conn, a, b)
@@ -552,7 +532,7 @@ class SqlProfileStore:
         """`_load` on PostgreSQL in three round trips: suppressions, applied events, owners and
         revoked edges in one statement; the owners' profiles locked (sorted); the owners read
         again with the guards' data (again while new owners appear)."""
-        driver = await self._driver(conn)
+        driver = await driver_connection(conn)
         by_hash = {k.suppression_hash(): k for k in keys}
         rows = await driver.fetch(
             "SELECT 's', identifier_hash, NULL, NULL FROM profile_suppressions"
@@ -640,7 +620,7 @@ class SqlProfileStore:
         if not unique:
             return
         if self.is_postgres:
-            driver = await self._driver(conn)
+            driver = await driver_connection(conn)
             edges = list(unique.values())
             await driver.execute(
                 "INSERT INTO profile_identity_edges (a_type, a_value, b_type, b_value, rule,"
@@ -817,7 +797,7 @@ class SqlProfileStore:
         if self.is_postgres:
             # One statement; the loser -> winner map goes as two arrays (a CASE with one branch
             # per loser would be compiled again for every batch).
-            driver = await self._driver(conn)
+            driver = await driver_connection(conn)
             moved = "($2::text[])[array_position($1::text[], {0}::text)]"
             rows = ", ".join(
                 f"m{index} AS (UPDATE {table.name} SET profile_id = {moved.format('profile_id')}"
@@ -979,7 +959,7 @@ class SqlProfileStore:
         if self.is_postgres:
             # Counts, daily buckets, timezones and update times in one statement. The rows go
             # as one JSON document (asyncpg's per-element array encoding costs more CPU).
-            driver = await self._driver(conn)
+            driver = await driver_connection(conn)
             await driver.execute(
                 "WITH c AS (INSERT INTO profile_event_counts (profile_id, name, count, first_time,"
                 " last_time) SELECT r->>0, r->>1, (r->>2)::int, (r->>3)::timestamptz,"
@@ -1021,7 +1001,7 @@ class SqlProfileStore:
             return
         if self.is_postgres:
             items = sorted(adds.items())
-            driver = await self._driver(conn)
+            driver = await driver_connection(conn)
             await driver.execute(
                 "INSERT INTO profile_event_counts (profile_id, name, count, first_time,"
                 " last_time) SELECT * FROM unnest($1::text[], $2::text[], $3::int[],"
@@ -1069,7 +1049,7 @@ class SqlProfileStore:
             return
         if self.is_postgres:
             day_items = sorted(adds.items())
-            driver = await self._driver(conn)
+            driver = await driver_connection(conn)
             await driver.execute(
                 "INSERT INTO profile_event_daily (profile_id, name, day, count, revenue)"
                 " SELECT * FROM unnest($1::text[], $2::text[], $3::date[], $4::int[],"
@@ -1167,15 +1147,13 @@ class SqlProfileStore:
             for op in ops
         ]
         await self._bulk_insert(conn, trait_history, history_rows)
-        pids = sorted({k[0] for k in ops_by_key})
-        names = sorted({k[1] for k in ops_by_key})
-        states: dict[tuple[str, str], TraitState] = {}
-        existing: dict[tuple[str, str], Any] = {}
+        # Held traits (value, time, source, event id) and unset tombstones (time, source, event
+        # id) of the batch's (profile, trait) pairs.
+        held_rows: list[tuple[str, str, Any, datetime, str, str]] = []
+        unset_rows: list[tuple[str, str, datetime, str, str]] = []
         if self.is_postgres:
-            driver = await self._driver(conn)
-            wanted_pids = [k[0] for k in ops_by_key]
-            wanted_names = [k[1] for k in ops_by_key]
-            rows = await driver.fetch(
+            driver = await driver_connection(conn)
+            for present, pid, name, value, moment, source, event_id in await driver.fetch(
                 "SELECT true, t.profile_id, t.name, t.value, t.updated_time, t.source, t.event_id"
                 " FROM profile_traits AS t JOIN unnest($1::text[], $2::text[]) AS k(p, n)"
                 " ON t.profile_id = k.p AND t.name = k.n"
@@ -1183,72 +1161,52 @@ class SqlProfileStore:
                 " h.event_id FROM profile_trait_history AS h"
                 " JOIN unnest($1::text[], $2::text[]) AS k(p, n)"
                 " ON h.profile_id = k.p AND h.name = k.n WHERE h.op = 'unset'",
-                wanted_pids,
-                wanted_names,
-            )
-            for present, pid, name, value, updated, source, event_id in rows:
+                [k[0] for k in ops_by_key],
+                [k[1] for k in ops_by_key],
+            ):
                 if present:
-                    existing[(pid, name)] = value
-                    states[(pid, name)] = TraitState(
-                        True, value, updated, event_id, source, (updated, event_id, _FAR)
+                    held_rows.append((pid, name, value, moment, source, event_id))
+                else:
+                    unset_rows.append((pid, name, moment, source, event_id))
+        else:
+            pids = sorted({k[0] for k in ops_by_key})
+            names = sorted({k[1] for k in ops_by_key})
+            for chunk in _chunks(pids):
+                held_rows += await conn.execute(
+                    select(
+                        traits.c.profile_id,
+                        traits.c.name,
+                        traits.c.value,
+                        traits.c.updated_time,
+                        traits.c.source,
+                        traits.c.event_id,
+                    ).where(traits.c.profile_id.in_(chunk), traits.c.name.in_(names))
+                )
+                unset_rows += await conn.execute(
+                    select(
+                        trait_history.c.profile_id,
+                        trait_history.c.name,
+                        trait_history.c.event_time,
+                        trait_history.c.source,
+                        trait_history.c.event_id,
+                    ).where(
+                        trait_history.c.profile_id.in_(chunk),
+                        trait_history.c.name.in_(names),
+                        trait_history.c.op == "unset",
                     )
-            for present, pid, name, _, event_time, source, event_id in rows:
-                if present:
-                    continue
-                key = (pid, name)
-                tomb = TraitState(
-                    False, None, event_time, event_id, source, (event_time, event_id, _FAR)
                 )
-                held = states.get(key)
-                if held is None or tomb.op_order > held.op_order:
-                    states[key] = tomb
-        for chunk in _chunks([] if self.is_postgres else pids):
-            rows = await conn.execute(
-                select(
-                    traits.c.profile_id,
-                    traits.c.name,
-                    traits.c.value,
-                    traits.c.updated_time,
-                    traits.c.source,
-                    traits.c.event_id,
-                ).where(traits.c.profile_id.in_(chunk), traits.c.name.in_(names))
+        states: dict[tuple[str, str], TraitState] = {}
+        existing: dict[tuple[str, str], Any] = {}
+        for pid, name, value, moment, source, event_id in held_rows:
+            existing[(pid, name)] = value
+            states[(pid, name)] = TraitState(
+                True, value, moment, event_id, source, (moment, event_id, _FAR)
             )
-            for r in rows:
-                existing[(r.profile_id, r.name)] = r.value
-                states[(r.profile_id, r.name)] = TraitState(
-                    True,
-                    r.value,
-                    r.updated_time,
-                    r.event_id,
-                    r.source,
-                    (r.updated_time, r.event_id, _FAR),
-                )
-            rows = await conn.execute(
-                select(
-                    trait_history.c.profile_id,
-                    trait_history.c.name,
-                    trait_history.c.event_time,
-                    trait_history.c.event_id,
-                    trait_history.c.source,
-                ).where(
-                    trait_history.c.profile_id.in_(chunk),
-                    trait_history.c.name.in_(names),
-                    trait_history.c.op == "unset",
-                )
-            )
-            for r in rows:
-                key = (r.profile_id, r.name)
-                tomb = TraitState(
-                    False,
-                    None,
-                    r.event_time,
-                    r.event_id,
-                    r.source,
-                    (r.event_time, r.event_id, _FAR),
-                )
-                held = states.get(key)
-                if held is None or tomb.op_order > held.op_order:
-                    states[key] = tomb
+        for pid, name, moment, source, event_id in unset_rows:
+            tomb = TraitState(False, None, moment, event_id, source, (moment, event_id, _FAR))
+            held = states.get((pid, name))
+            if held is None or tomb.op_order > held.op_order:
+                states[(pid, name)] = tomb
         recompute: set[tuple[str, str]] = set()
         for key, ops in ops_by_key.items():
             state = states.get(key)
@@ -1277,7 +1235,7 @@ class SqlProfileStore:
             if was != now_value or (was is _MISSING) != (now_value is _MISSING):
                 changed[key[0]].add(key[1])
         if upserts and self.is_postgres:
-            driver = await self._driver(conn)
+            driver = await driver_connection(conn)
             await driver.execute(
                 "INSERT INTO profile_traits (profile_id, name, value, value_type, num_value,"
                 " text_value, bool_value, time_value, updated_time, source, event_id)"
@@ -1747,12 +1705,20 @@ class SqlProfileStore:
     # ------------------------------------------------------------------ reads
 
     async def resolve(self, profile_id: str) -> str | None:
+        return (await self.resolve_many([profile_id])).get(profile_id)
+
+    async def resolve_many(self, profile_ids: Iterable[str]) -> dict[str, str]:
+        """The live profile of each of `profile_ids` that has one (absent when none)."""
         async with self.engine.connect() as conn:
-            return (await self._live_ids(conn, [profile_id])).get(profile_id)
+            return await self._live_ids(conn, profile_ids)
 
     async def owner_of(self, key: IdentifierKey) -> str | None:
+        return (await self.owners_of([key])).get(key)
+
+    async def owners_of(self, keys: Sequence[IdentifierKey]) -> dict[IdentifierKey, str]:
+        """The profile holding each of `keys` that is held (absent when none)."""
         async with self.engine.connect() as conn:
-            return (await self._owners(conn, [key])).get(key)
+            return await self._owners(conn, keys)
 
     async def load_profiles(self, profile_ids: Sequence[str]) -> dict[str, ProfileView]:
         """Live profiles by id (ids must be live ones; see `resolve`)."""
