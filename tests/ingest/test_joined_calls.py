@@ -9,7 +9,8 @@ import uuid
 import pytest
 
 from upm_common.eventlog import LogRecord
-from upm_common.eventlog.redis import CallJoiner, RedisEventLog
+from upm_common.eventlog.redis import RedisEventLog
+from upm_common.joining import CallJoiner
 from upm_common.redis import create_redis
 from upm_ingest.store import ClaimOutcome
 from upm_ingest.store.redis import RedisDedupStore

@@ -35,8 +35,8 @@ import hashlib
 import struct
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
@@ -47,10 +47,7 @@ from upm_common.eventlog.base import (
     LogRecord,
     dead_letter_topic,
 )
-
-K = TypeVar("K")
-T = TypeVar("T")
-R = TypeVar("R")
+from upm_common.joining import CallJoiner
 
 LEASE_HORIZON_MS = 24 * 3600 * 1000
 """Idle time at which an entry's lease has ended; leases are at most this long."""
@@ -146,8 +143,7 @@ end
 return table.concat(out)
 """
 
-_ARRAY32 = struct.Struct(">BI").pack
-_STR32 = struct.Struct(">BI").pack
+_TYPE_AND_LENGTH = struct.Struct(">BI").pack  # a MessagePack array32 or str32 header
 
 
 def msgpack_strings(items: Sequence[bytes]) -> bytes:
@@ -156,88 +152,12 @@ def msgpack_strings(items: Sequence[bytes]) -> bytes:
     Written by hand (str32 for every item: the only string format Redis 7.0's cmsgpack reads
     that holds any bytes) so no MessagePack library is needed.
     """
-    parts = [_ARRAY32(0xDD, len(items))]
+    parts = [_TYPE_AND_LENGTH(0xDD, len(items))]
     append = parts.append
     for item in items:
-        append(_STR32(0xDB, len(item)))
+        append(_TYPE_AND_LENGTH(0xDB, len(item)))
         append(item)
     return b"".join(parts)
-
-
-class CallJoiner(Generic[K, T, R]):
-    """Joins concurrent calls of a batch operation into one call (group commit).
-
-    `await joiner(group, items)` runs `operation(group, all_items)` and returns this caller's
-    slice of its results (one result per item, in order). A caller that finds no call of its
-    group in flight starts one at once, so an idle service adds no delay; callers that arrive
-    while a call is in flight wait for it to finish and then go together in the next call.
-    Under load, a busy service thus makes one round trip for many requests instead of one
-    each. A failed call fails every caller in it with the same exception; each caller still
-    returns only after the operation covering its items has returned.
-    """
-
-    def __init__(
-        self,
-        operation: Callable[[K, list[T]], Awaitable[Sequence[R]]],
-        *,
-        max_items: int = 5000,
-    ) -> None:
-        self._operation = operation
-        self._max_items = max_items
-        self._waiting: dict[K, list[tuple[list[T], asyncio.Future[list[R]]]]] = {}
-        self._running: set[K] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def __call__(self, group: K, items: Sequence[T]) -> list[R]:
-        if not items:
-            return []
-        future: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(group, []).append((list(items), future))
-        if group not in self._running:
-            self._running.add(group)
-            task = asyncio.get_running_loop().create_task(self._drain(group))
-            # The loop keeps only a weak reference to a task: hold it until it is done.
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return await future
-
-    async def _drain(self, group: K) -> None:
-        try:
-            while True:
-                waiting = self._waiting.get(group)
-                if not waiting:
-                    self._waiting.pop(group, None)
-                    return
-                # Take callers up to `max_items` (at least one), oldest first.
-                taken = 0
-                total = 0
-                while taken < len(waiting) and (
-                    taken == 0 or total + len(waiting[taken][0]) <= self._max_items
-                ):
-                    total += len(waiting[taken][0])
-                    taken += 1
-                batch, self._waiting[group] = waiting[:taken], waiting[taken:]
-                joined = [item for items, _ in batch for item in items]
-                try:
-                    results = await self._operation(group, joined)
-                except BaseException as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise
-                    continue
-                start = 0
-                for items, future in batch:
-                    end = start + len(items)
-                    if not future.done():
-                        future.set_result(list(results[start:end]))
-                    start = end
-        finally:
-            self._running.discard(group)
-            for _, future in self._waiting.pop(group, []):
-                if not future.done():
-                    future.set_exception(RuntimeError("the joined call was interrupted"))
 
 
 def _text(value: Any) -> str:
@@ -266,7 +186,6 @@ class RedisEventLog:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         max_len: int | None = None,
         prefix: str = "upm",
-        join_appends: bool = True,
     ) -> None:
         if partitions < 1:
             raise ValueError("partitions must be at least 1")
@@ -277,7 +196,6 @@ class RedisEventLog:
         self._prefix = prefix
         self._claim = redis.register_script(_CLAIM_LUA)
         self._append_sha = hashlib.sha1(_APPEND_LUA.encode()).hexdigest()
-        self._join = join_appends
         self._joiner: CallJoiner[str, LogRecord, str] = CallJoiner(self._append_now)
         self._append_new_sha = hashlib.sha1(_APPEND_NEW_LUA.encode()).hexdigest()
         self._new_joiner: CallJoiner[tuple[str, str, int], tuple[str, str, bytes], str] = (
@@ -291,37 +209,28 @@ class RedisEventLog:
         return f"{self._prefix}:{{{topic}:{partition}}}"
 
     def partition_of(self, key: str) -> int:
-        return zlib.crc32(key.encode("utf-8")) % self._partitions
+        return zlib.crc32(key.encode("utf-8")) % self._partitions  # as `_by_partition`
 
     async def append(self, topic: str, records: Sequence[LogRecord]) -> list[str]:
         if not records:
             return []
-        if self._join:
-            # Concurrent appends to a topic share one round trip (see CallJoiner).
-            return await self._joiner(topic, records)
-        return await self._append_now(topic, records)
+        # Concurrent appends to a topic share one round trip (see CallJoiner).
+        return await self._joiner(topic, records)
 
     async def _append_now(self, topic: str, records: Sequence[LogRecord]) -> list[str]:
-        by_partition: dict[int, list[int]] = {}
-        crc32 = zlib.crc32
-        partitions = self._partitions
-        for index, record in enumerate(records):
-            partition = crc32(record.key.encode("utf-8")) % partitions
-            indices = by_partition.get(partition)
-            if indices is None:
-                by_partition[partition] = [index]
-            else:
-                indices.append(index)
+        raw_keys = [record.key.encode("utf-8") for record in records]
+        by_partition = self._by_partition(raw_keys)
         # One script call per partition (all XADDs of a partition in one command, in order),
         # all calls in one round trip.
-        calls: list[tuple[str, bytes]] = []
-        for partition, indices in by_partition.items():
-            fields: list[bytes] = []
-            for index in indices:
-                record = records[index]
-                fields.append(record.key.encode("utf-8"))
-                fields.append(record.payload)
-            calls.append((self.stream_key(topic, partition), msgpack_strings(fields)))
+        calls = [
+            (
+                self.stream_key(topic, partition),
+                msgpack_strings(
+                    [part for i in indices for part in (raw_keys[i], records[i].payload)]
+                ),
+            )
+            for partition, indices in by_partition.items()
+        ]
         replies = await self._eval_each(_APPEND_LUA, self._append_sha, calls)
         ids = [""] * len(records)
         for (partition, indices), joined in zip(by_partition.items(), replies, strict=True):
@@ -362,51 +271,39 @@ class RedisEventLog:
         self, group: tuple[str, str, int], records: list[tuple[str, str, bytes]]
     ) -> list[str]:
         topic, mark_prefix, mark_seconds = group
-        crc32 = zlib.crc32
-        partitions = self._partitions
-        # MessagePack parts and record indexes per partition, written in one pass.
-        parts: dict[int, list[bytes]] = {}
-        indexes: dict[int, list[int]] = {}
-        pack = _STR32
-        for index, (dedup_id, key, payload) in enumerate(records):
-            raw_key = key.encode("utf-8")
-            raw_id = dedup_id.encode("utf-8")
-            partition = crc32(raw_key) % partitions
-            out = parts.get(partition)
-            if out is None:
-                out = parts[partition] = []
-                indexes[partition] = []
-            indexes[partition].append(index)
-            # str32 items, as in `msgpack_strings`, written inline (this runs per event).
-            out += (
-                pack(0xDB, len(raw_id)),
-                raw_id,
-                pack(0xDB, len(raw_key)),
-                raw_key,
-                pack(0xDB, len(payload)),
-                payload,
-            )
+        raw_ids = [dedup_id.encode("utf-8") for dedup_id, _, _ in records]
+        raw_keys = [key.encode("utf-8") for _, key, _ in records]
+        by_partition = self._by_partition(raw_keys)
         calls = [
             (
                 self.stream_key(topic, partition),
-                _ARRAY32(0xDD, 3 * len(indexes[partition])) + b"".join(out),
+                msgpack_strings(
+                    [part for i in indices for part in (raw_ids[i], raw_keys[i], records[i][2])]
+                ),
             )
-            for partition, out in parts.items()
+            for partition, indices in by_partition.items()
         ]
         replies = await self._eval_each(
             _APPEND_NEW_LUA, self._append_new_sha, calls, mark_prefix, mark_seconds
         )
         codes = [""] * len(records)
-        for partition, reply in zip(parts, replies, strict=True):
+        for positions, reply in zip(by_partition.values(), replies, strict=True):
             text = _text(reply)
-            positions = indexes[partition]
             if len(text) != len(positions):
                 raise RuntimeError("the append script answered the wrong number of codes")
             for index, code in zip(positions, text, strict=True):
                 codes[index] = code
         if self._max_len is not None:
-            await self._maybe_trim(topic, sorted(parts))
+            await self._maybe_trim(topic, sorted(by_partition))
         return codes
+
+    def _by_partition(self, raw_keys: Sequence[bytes]) -> dict[int, list[int]]:
+        """The indexes of the records of each partition, in order (as `partition_of`)."""
+        groups: dict[int, list[int]] = {}
+        crc32, partitions = zlib.crc32, self._partitions
+        for index, raw_key in enumerate(raw_keys):
+            groups.setdefault(crc32(raw_key) % partitions, []).append(index)
+        return groups
 
     async def _eval_each(
         self, script: str, sha: str, calls: Sequence[tuple[str, bytes]], *shared: str | int

@@ -16,8 +16,8 @@ import grpc
 
 from upm.common.v1 import consent_pb2
 from upm_common.errors import NotFoundError, UnavailableError
+from upm_common.joining import CallJoiner
 from upm_orchestrator.engine import ProfileInfo
-from upm_orchestrator.store.common import Coalescer
 
 UNSUBSCRIBED = consent_pb2.CONSENT_STATUS_UNSUBSCRIBED
 
@@ -101,7 +101,7 @@ class CachedProfileDirectory:
         self._ttl = ttl_seconds
         self._max_entries = max_entries
         self._entries: dict[str, tuple[float, ProfileInfo | None]] = {}
-        self._lookups: Coalescer[list[str], dict[str, ProfileInfo]] = Coalescer(self._fetch)
+        self._lookups: CallJoiner[None, str, ProfileInfo | None] = CallJoiner(self._fetch)
 
     async def get_profiles(self, profile_ids: Sequence[str]) -> dict[str, ProfileInfo]:
         now = time.monotonic()
@@ -115,11 +115,14 @@ class CachedProfileDirectory:
             else:
                 missing.append(profile_id)
         if missing:
-            found.update(await self._lookups.submit(missing))
+            fetched = await self._lookups(None, missing)
+            found.update(
+                (p, info) for p, info in zip(missing, fetched, strict=True) if info is not None
+            )
         return found
 
-    async def _fetch(self, asks: list[list[str]]) -> list[dict[str, ProfileInfo]]:
-        wanted = list(dict.fromkeys(profile_id for ask in asks for profile_id in ask))
+    async def _fetch(self, _: None, asked: list[str]) -> list[ProfileInfo | None]:
+        wanted = list(dict.fromkeys(asked))
         found = await self._inner.get_profiles(wanted)
         now = time.monotonic()
         if len(self._entries) + len(wanted) > self._max_entries:
@@ -127,7 +130,7 @@ class CachedProfileDirectory:
         for profile_id in wanted:
             # Absent people are remembered too: a sender retrying an unknown id costs no call.
             self._entries[profile_id] = (now, found.get(profile_id))
-        return [{p: found[p] for p in ask if p in found} for ask in asks]
+        return [found.get(profile_id) for profile_id in asked]
 
     async def withdraw_consent(
         self, profile_id: str, channel: str, purpose: int, when: datetime, source: str

@@ -9,7 +9,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-from upm_common.eventlog.redis import CallJoiner, msgpack_strings
+from upm_common.eventlog.redis import msgpack_strings
+from upm_common.joining import CallJoiner
 from upm_ingest.store import ClaimOutcome
 
 # KEYS[1]: the key prefix of the source, `<prefix>:{<source>}:` (it carries the hash tag, so

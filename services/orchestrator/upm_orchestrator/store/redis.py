@@ -32,6 +32,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
 from upm_common.errors import NotFoundError
+from upm_common.joining import CallJoiner
 from upm_orchestrator.store.base import (
     CONFIRMED,
     EXPIRED,
@@ -43,7 +44,7 @@ from upm_orchestrator.store.base import (
     Violation,
     reservation_profile,
 )
-from upm_orchestrator.store.common import Coalescer, check_transition, new_ids
+from upm_orchestrator.store.common import check_transition, new_ids
 
 # A member's head: state, expiry, the counter-key tokens and the reservation suffix.
 PARSE = """
@@ -226,7 +227,10 @@ class RedisFatigueStore:
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._namespace = namespace
         self._idle: list[Any] = []
-        self._single: Coalescer[ReserveRequest, ReserveResult] = Coalescer(self._execute)
+        # Single decisions made together share one pipeline, a few pipelines at most at once.
+        self._single: CallJoiner[None, ReserveRequest, ReserveResult] = CallJoiner(
+            lambda _, requests: self._execute(requests), max_running=4
+        )
         self._transition = redis.register_script(TRANSITION_SCRIPT)
         self._count = redis.register_script(COUNT_SCRIPT)
 
@@ -319,7 +323,8 @@ class RedisFatigueStore:
         )
 
     async def reserve(self, request: ReserveRequest) -> ReserveResult:
-        return await self._single.submit(request)
+        [result] = await self._single(None, [request])
+        return result
 
     async def reserve_many(self, requests: list[ReserveRequest]) -> list[ReserveResult]:
         if len(requests) == 1:

@@ -25,6 +25,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from upm_common.errors import NotFoundError
+from upm_common.joining import CallJoiner
 from upm_orchestrator.store.base import (
     CONFIRMED,
     EXPIRED,
@@ -36,7 +37,7 @@ from upm_orchestrator.store.base import (
     Violation,
     reservation_profile,
 )
-from upm_orchestrator.store.common import Coalescer, check_transition, new_reservation_id
+from upm_orchestrator.store.common import check_transition, new_reservation_id
 from upm_orchestrator.store.tables import idempotency, profile_locks, reservations
 
 MAX_GROUP = 500
@@ -52,8 +53,9 @@ class SqlFatigueStore:
         self._concurrency = concurrency
         # One batch of single decisions at a time: a batch already spreads over up to
         # `concurrency` transactions, and decisions arriving meanwhile join the next batch.
-        self._single: Coalescer[ReserveRequest, ReserveResult] = Coalescer(
-            self._reserve_grouped, max_running=1
+        # Single decisions made together share one transaction, one at a time.
+        self._single: CallJoiner[None, ReserveRequest, ReserveResult] = CallJoiner(
+            lambda _, requests: self._reserve_grouped(requests)
         )
 
     def _insert(self, table: Any) -> Any:
@@ -74,7 +76,8 @@ class SqlFatigueStore:
             await conn.execute(query)
 
     async def reserve(self, request: ReserveRequest) -> ReserveResult:
-        return await self._single.submit(request)
+        [result] = await self._single(None, [request])
+        return result
 
     async def reserve_many(self, requests: list[ReserveRequest]) -> list[ReserveResult]:
         if len(requests) == 1:

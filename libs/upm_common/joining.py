@@ -1,0 +1,92 @@
+"""Group commit: concurrent calls of a batch operation joined into fewer, larger calls."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class CallJoiner(Generic[K, T, R]):
+    """Joins concurrent calls of a batch operation into one call (group commit).
+
+    `await joiner(group, items)` runs `operation(group, all_items)` and returns this caller's
+    slice of its results (one result per item, in order). A caller that finds fewer than
+    `max_running` calls of its group in flight starts one at once, so an idle service adds no
+    delay; callers that arrive while calls are in flight wait for one to finish and then go
+    together in the next call. Under load, a busy service thus makes one round trip for many
+    requests instead of one each, and the number of round trips (or open transactions) in
+    flight stays bounded. A failed call fails every caller in it with the same exception; each
+    caller still returns only after the operation covering its items has returned.
+    """
+
+    def __init__(
+        self,
+        operation: Callable[[K, list[T]], Awaitable[Sequence[R]]],
+        *,
+        max_items: int = 5000,
+        max_running: int = 1,
+    ) -> None:
+        self._operation = operation
+        self._max_items = max_items
+        self._max_running = max_running
+        self._waiting: dict[K, list[tuple[list[T], asyncio.Future[list[R]]]]] = {}
+        self._running: dict[K, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, group: K, items: Sequence[T]) -> list[R]:
+        if not items:
+            return []
+        future: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(group, []).append((list(items), future))
+        running = self._running.get(group, 0)
+        if running < self._max_running:
+            self._running[group] = running + 1
+            task = asyncio.get_running_loop().create_task(self._drain(group))
+            # The loop keeps only a weak reference to a task: hold it until it is done.
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await future
+
+    async def _drain(self, group: K) -> None:
+        try:
+            while True:
+                waiting = self._waiting.get(group)
+                if not waiting:
+                    return
+                # Take callers up to `max_items` (at least one), oldest first.
+                taken = 0
+                total = 0
+                while taken < len(waiting) and (
+                    taken == 0 or total + len(waiting[taken][0]) <= self._max_items
+                ):
+                    total += len(waiting[taken][0])
+                    taken += 1
+                batch, self._waiting[group] = waiting[:taken], waiting[taken:]
+                joined = [item for items, _ in batch for item in items]
+                try:
+                    results = await self._operation(group, joined)
+                except BaseException as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                start = 0
+                for items, future in batch:
+                    end = start + len(items)
+                    if not future.done():
+                        future.set_result(list(results[start:end]))
+                    start = end
+        finally:
+            self._running[group] -= 1
+            if not self._running[group]:
+                del self._running[group]
+                for _, future in self._waiting.pop(group, []):
+                    if not future.done():
+                        future.set_exception(RuntimeError("the joined call was interrupted"))
