@@ -16,6 +16,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from upm_ingest.events import BatchDefaults, FieldError, ShapeLimits, finalize, 
 from upm_ingest.pipeline import (
     ACCEPTED,
     DUPLICATE,
+    STATUS_NAMES,
     SUPPRESSED,
     Candidate,
     Ingestor,
@@ -93,6 +95,12 @@ class HttpError(Exception):
         self.message = message
         self.field = field
         self.retry_after = retry_after
+
+
+@cache
+def _snippet_bytes() -> bytes:
+    """The tracking snippet, read from disk on first use only."""
+    return SNIPPET_PATH.read_bytes()
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
@@ -212,7 +220,7 @@ class Collector:
 
     async def _snippet(self, request: web.Request) -> web.Response:
         return web.Response(
-            body=SNIPPET_PATH.read_bytes(),
+            body=_snippet_bytes(),
             content_type="application/javascript",
             charset="utf-8",
             headers={"Cache-Control": "public, max-age=300"},
@@ -338,9 +346,7 @@ class Collector:
 
     # -- handlers -----------------------------------------------------------------------------
 
-    async def _handle(
-        self, request: web.Request, work: Callable[[], Awaitable[web.Response]]
-    ) -> web.Response:
+    async def _handle(self, work: Callable[[], Awaitable[web.Response]]) -> web.Response:
         try:
             return await work()
         except HttpError as error:
@@ -384,11 +390,11 @@ class Collector:
                 {
                     "success": True,
                     "messageId": result.message_id,
-                    "status": _status_name(result.status),
+                    "status": STATUS_NAMES.get(result.status, "rejected"),
                 },
             )
 
-        return await self._handle(request, work)
+        return await self._handle(work)
 
     async def _batch(self, request: web.Request) -> web.Response:
         async def work() -> web.Response:
@@ -479,18 +485,7 @@ class Collector:
                 },
             )
 
-        return await self._handle(request, work)
-
-
-_STATUS_NAMES: dict[int, str] = {
-    ACCEPTED: "accepted",
-    DUPLICATE: "duplicate",
-    SUPPRESSED: "suppressed",
-}
-
-
-def _status_name(status: int) -> str:
-    return _STATUS_NAMES.get(status, "rejected")
+        return await self._handle(work)
 
 
 async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import parse_qsl, urlsplit
 
 import structlog
@@ -388,13 +388,3 @@ class Enricher:
 def enricher_from_settings(folder: str | None, ip_privacy: IpPrivacy) -> Enricher:
     """The enricher for a service: the configured folder or the built-in tables."""
     return Enricher(Path(folder) if folder else None, ip_privacy=ip_privacy)
-
-
-def describe(enricher: Enricher) -> dict[str, Any]:
-    """Counts of the loaded tables (for logs and tests)."""
-    tables = enricher.tables
-    return {
-        "sites": len(tables.exact) + len(tables.any_suffix),
-        "click_ids": len(tables.click_ids),
-        "paid_mediums": len(tables.paid_mediums),
-    }

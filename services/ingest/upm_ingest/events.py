@@ -20,8 +20,6 @@ from google.protobuf import struct_pb2
 
 from upm.common.v1 import event_pb2, identity_pb2
 
-EventType = event_pb2.EventType
-
 TYPE_BY_NAME: dict[str, int] = {
     "identify": event_pb2.EVENT_TYPE_IDENTIFY,
     "track": event_pb2.EVENT_TYPE_TRACK,
@@ -478,14 +476,10 @@ def from_segment_json(
         update_struct(event.integrations, integrations)
     value = get("timestamp")
     if value is not None:
-        stamp = event.event_time
-        stamp.seconds, stamp.nanos = divmod(datetime_ns(parse_time(value, "timestamp")), _NS)
+        _set_stamp(event.event_time, datetime_ns(parse_time(value, "timestamp")))
     value = get("originalTimestamp")
     if value is not None:
-        stamp = event.original_time
-        stamp.seconds, stamp.nanos = divmod(
-            datetime_ns(parse_time(value, "originalTimestamp")), _NS
-        )
+        _set_stamp(event.original_time, datetime_ns(parse_time(value, "originalTimestamp")))
     value = get("sentAt")
     if value is None and defaults is not None:
         value = defaults.sent_at
@@ -708,8 +702,7 @@ def _finalize(
         _set_stamp(event.event_time, received)
     if sent_at is not None:
         _set_stamp(event.sent_time, sent_at)
-    stamp = event.received_time
-    stamp.seconds, stamp.nanos = divmod(received, _NS)
+    _set_stamp(event.received_time, received)
     event.source_id = source_id
     return event
 

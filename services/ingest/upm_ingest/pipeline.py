@@ -20,7 +20,7 @@ from upm.ingest.v1 import ingest_service_pb2 as pb
 from upm_common.errors import ResourceExhaustedError
 from upm_ingest.appenders import EventAppender
 from upm_ingest.enrich import Enricher
-from upm_ingest.events import FieldError
+from upm_ingest.events import FieldError, identity_key
 from upm_ingest.ratelimit import TokenBuckets
 from upm_ingest.sources import Source
 from upm_ingest.store import ClaimOutcome
@@ -41,7 +41,7 @@ APPEND_SECONDS = Histogram(
     "Time to deduplicate and append one request's new events to the event log.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
-_STATUS_NAMES: dict[int, str] = {
+STATUS_NAMES: dict[int, str] = {
     ACCEPTED: "accepted",
     DUPLICATE: "duplicate",
     REJECTED: "rejected",
@@ -51,7 +51,7 @@ _STATUS_NAMES: dict[int, str] = {
 _EVENTS_TOTAL_BY_STATUS = {
     (door, status): EVENTS_TOTAL.labels(door, name)
     for door in ("grpc", "http", "stream")
-    for status, name in _STATUS_NAMES.items()
+    for status, name in STATUS_NAMES.items()
 }
 
 
@@ -108,12 +108,7 @@ class Ingestor:
 
     def check_rate(self, source: Source, count: int) -> None:
         """Take `count` tokens from the source's bucket or raise RESOURCE_EXHAUSTED."""
-        wait = self.limiter.take(
-            source.source_id,
-            count,
-            rate=source.limits.rate_per_second,
-            burst=source.limits.burst,
-        )
+        wait = self._take(source, count)
         if wait > 0:
             raise ResourceExhaustedError(
                 f"source {source.source_id} is over its rate of "
@@ -126,15 +121,16 @@ class Ingestor:
     async def wait_rate(self, source: Source, count: int) -> None:
         """Wait until the source's bucket has `count` tokens (back-pressure for streams)."""
         while True:
-            wait = self.limiter.take(
-                source.source_id,
-                count,
-                rate=source.limits.rate_per_second,
-                burst=source.limits.burst,
-            )
+            wait = self._take(source, count)
             if wait <= 0:
                 return
             await asyncio.sleep(min(wait, 1.0))
+
+    def _take(self, source: Source, count: int) -> float:
+        limits = source.limits
+        return self.limiter.take(
+            source.source_id, count, rate=limits.rate_per_second, burst=limits.burst
+        )
 
     async def submit(
         self,
@@ -178,9 +174,7 @@ class Ingestor:
             except Exception:
                 log.exception("enrichment failed", message_id=message_id)
             positions.append(index)
-            entries.append(
-                (message_id, event.user_id or event.anonymous_id, event.SerializeToString())
-            )
+            entries.append((message_id, identity_key(event), event.SerializeToString()))
 
         if entries:
             started = time.perf_counter()
@@ -198,7 +192,7 @@ class Ingestor:
         for status, count in counts.items():
             counter = _EVENTS_TOTAL_BY_STATUS.get((door, status))
             if counter is None:
-                counter = EVENTS_TOTAL.labels(door, _STATUS_NAMES[status])
+                counter = EVENTS_TOTAL.labels(door, STATUS_NAMES[status])
             counter.inc(count)
         return results
 

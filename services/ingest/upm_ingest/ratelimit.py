@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +39,3 @@ class TokenBuckets:
             bucket.tokens -= count
             return 0.0
         return max(0.001, (needed - bucket.tokens) / rate)
-
-    def retry_after_header(self, seconds: float) -> str:
-        """Seconds for an HTTP Retry-After header (whole seconds, at least 1)."""
-        return str(max(1, math.ceil(seconds)))

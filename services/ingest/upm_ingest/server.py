@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import gc
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -26,6 +25,7 @@ from upm_common.eventlog import PROFILE_CHANGES, EventLog, consumer_name, create
 from upm_common.eventlog.redis import RedisEventLog
 from upm_common.redis import create_redis
 from upm_common.server import ServiceApp, ServiceRegistration, Worker
+from upm_common.storage import Storage
 from upm_ingest.appenders import ClaimingAppender, EventAppender, RedisStreamsAppender
 from upm_ingest.collector import Collector, CollectorConfig, start
 from upm_ingest.enrich import enricher_from_settings
@@ -66,10 +66,7 @@ class IngestApp:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
-        await self.event_log.close()
-        if self.redis is not None:
-            await self.redis.aclose()
-        await self.engine.dispose()
+        await Storage(self.engine, self.redis, self.event_log).close()
 
     @property
     def service_app(self) -> ServiceApp:
@@ -272,8 +269,3 @@ async def dedup_purge_worker(dedup: SqlDedupStore, *, interval_seconds: float = 
         except Exception:
             log.exception("dedup purge failed")
         await asyncio.sleep(interval_seconds)
-
-
-def describe(app: IngestApp) -> dict[str, Any]:
-    """Endpoints of a running app, for `upm up` output and logs."""
-    return {"grpc_port": app.settings.grpc_port, "http_port": app.http_port}

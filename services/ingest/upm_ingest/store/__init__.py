@@ -101,10 +101,6 @@ class SuppressionStore(Protocol):
         """Lift the suppression of these identifiers."""
         ...
 
-    async def matching(self, identifier_hashes: Collection[str]) -> set[str]:
-        """The given hashes that are suppressed."""
-        ...
-
     async def added_since(self, since: datetime | None) -> list[tuple[str, datetime]]:
         """(hash, created time) of the rows created at or after `since` (all when None)."""
         ...

@@ -239,17 +239,6 @@ class SqlSuppressionStore:
                 )
             )
 
-    async def matching(self, identifier_hashes: Collection[str]) -> set[str]:
-        if not identifier_hashes:
-            return set()
-        async with self._engine.connect() as conn:
-            rows = await conn.execute(
-                select(suppressions.c.identifier_hash).where(
-                    suppressions.c.identifier_hash.in_(list(identifier_hashes))
-                )
-            )
-            return set(rows.scalars().all())
-
     async def added_since(self, since: datetime | None) -> list[tuple[str, datetime]]:
         query = select(suppressions.c.identifier_hash, suppressions.c.created_time)
         if since is not None:
