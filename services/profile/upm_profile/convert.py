@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import struct_pb2
-
 from upm.common.v1 import consent_pb2
 from upm.profile.v1 import profile_service_pb2 as pb
 from upm_common.protoconv import dict_to_struct, python_to_value
@@ -36,10 +34,6 @@ RULE_TO_PROTO = {
 }
 
 
-def _value(data: Any) -> struct_pb2.Value:
-    return python_to_value(data)
-
-
 def profile_to_proto(view: ProfileView) -> pb.Profile:
     message = pb.Profile(
         id=view.id,
@@ -53,7 +47,7 @@ def profile_to_proto(view: ProfileView) -> pb.Profile:
         trait = message.traits.add(
             name=t.name, source=t.source, event_id=public_event_id(t.event_id)
         )
-        trait.value.CopyFrom(_value(t.value))
+        trait.value.CopyFrom(python_to_value(t.value))
         trait.update_time.FromDatetime(t.updated_time)
     for c in view.consents:
         consent = message.consents.add(

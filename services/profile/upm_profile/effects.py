@@ -13,13 +13,13 @@ from typing import Any
 
 from google.protobuf import descriptor, json_format, struct_pb2
 
-from upm.common.v1 import event_pb2
+from upm.common.v1 import event_pb2, identity_pb2
 from upm_profile.identifiers import (
     ANONYMOUS_ID,
-    DEVICE_ID,
     EMAIL,
     EXTERNAL_PREFIX,
     PHONE,
+    TYPE_FROM_PROTO,
     USER_ID,
     BlockList,
     IdentifierKey,
@@ -207,14 +207,8 @@ def effects_of_event(
             if isinstance(value, str):
                 candidates.append((id_type, value))
     for extra in event.identifiers:
-        type_name = {
-            1: USER_ID,
-            2: EMAIL,
-            3: PHONE,
-            4: ANONYMOUS_ID,
-            5: DEVICE_ID,
-        }.get(extra.type)
-        if extra.type == 6 and extra.namespace:
+        type_name = TYPE_FROM_PROTO.get(extra.type)
+        if extra.type == identity_pb2.IDENTIFIER_TYPE_EXTERNAL and extra.namespace:
             type_name = EXTERNAL_PREFIX + extra.namespace.lower()
         if type_name:
             candidates.append((type_name, extra.value))
@@ -234,10 +228,11 @@ def effects_of_event(
     if kind == "identify":
         trait_ops = ops_from_traits(traits, time=time, event_id=event_id, source=source)
     if context_traits:
+        named = {t.name for t in trait_ops}
         trait_ops += [
             op
             for op in ops_from_traits(context_traits, time=time, event_id=event_id, source=source)
-            if op.name not in {t.name for t in trait_ops}
+            if op.name not in named
         ]
 
     name = ""

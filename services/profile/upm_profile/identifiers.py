@@ -23,14 +23,14 @@ EXTERNAL_PREFIX = "external:"
 _STRENGTH = {USER_ID: 0, EMAIL: 1, PHONE: 2, DEVICE_ID: 4, ANONYMOUS_ID: 5}
 _EXTERNAL_STRENGTH = 3
 
-_TYPE_FROM_PROTO = {
+TYPE_FROM_PROTO = {
     identity_pb2.IDENTIFIER_TYPE_USER_ID: USER_ID,
     identity_pb2.IDENTIFIER_TYPE_EMAIL: EMAIL,
     identity_pb2.IDENTIFIER_TYPE_PHONE: PHONE,
     identity_pb2.IDENTIFIER_TYPE_ANONYMOUS_ID: ANONYMOUS_ID,
     identity_pb2.IDENTIFIER_TYPE_DEVICE_ID: DEVICE_ID,
 }
-_TYPE_TO_PROTO = {v: k for k, v in _TYPE_FROM_PROTO.items()}
+_TYPE_TO_PROTO = {v: k for k, v in TYPE_FROM_PROTO.items()}
 _NAMESPACE_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_VALUE_LENGTH = 512
@@ -162,8 +162,8 @@ def from_proto(
                 "must be a lower-case name (letters, digits, _ . -) for an external identifier",
             )
         kind = EXTERNAL_PREFIX + identifier.namespace
-    elif identifier.type in _TYPE_FROM_PROTO:
-        kind = _TYPE_FROM_PROTO[identifier.type]
+    elif identifier.type in TYPE_FROM_PROTO:
+        kind = TYPE_FROM_PROTO[identifier.type]
     else:
         raise InvalidArgumentError.for_field(f"{field}.type", "must be set")
     if not identifier.value.strip():

@@ -111,16 +111,15 @@ class ProfileDomain:
             raise InvalidArgumentError.for_field(
                 "profile_ids", f"at most {MAX_BATCH} ids and identifiers together"
             )
-        wanted: list[str | None] = []
-        for pid in profile_ids:
-            # A malformed id cannot exist: it is reported as not found, like any unknown id.
-            wanted.append(await self.store.resolve(pid) if _PROFILE_ID_RE.match(pid) else None)
         keys = [
             self.identifier(message, f"identifiers[{index}]")
             for index, message in enumerate(identifiers)
         ]
-        for key in keys:
-            wanted.append(await self.store.owner_of(key))
+        # A malformed id cannot exist: it is reported as not found, like any unknown id.
+        live_ids = await self.store.resolve_many(p for p in profile_ids if _PROFILE_ID_RE.match(p))
+        owners = await self.store.owners_of(keys)
+        wanted: list[str | None] = [live_ids.get(pid) for pid in profile_ids]
+        wanted += [owners.get(key) for key in keys]
         views = await self.store.load_profiles([w for w in wanted if w])
         # Callers such as the orchestrator must tell an erased person (never contact them) from
         # one that never existed, so the misses are checked against what erasure left behind.
