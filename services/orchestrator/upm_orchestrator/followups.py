@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 from upm.orchestrator.v1 import orchestrator_service_pb2 as pb
-from upm_common.errors import InvalidArgumentError
+from upm_common.errors import FieldViolation, InvalidArgumentError
 from upm_orchestrator.directory import SegmentDirectory
-from upm_orchestrator.policy import CHANNEL_PATTERN, ID_PATTERN
+from upm_orchestrator.policy import CHANNEL_PATTERN, ID_PATTERN, invalid_fields
 from upm_orchestrator.repository import Send
 from upm_orchestrator.service import Orchestrator, check_profile_id, message_spec
 
@@ -24,30 +24,27 @@ PLAN_CHUNK = 500
 
 
 def validate_follow_up_rule(rule: pb.FollowUpRule) -> None:
-    problems = []
+    problems: list[FieldViolation] = []
     if not ID_PATTERN.match(rule.rule_id):
-        problems.append(("rule.rule_id", "must be 1-63 lower-case letters, digits, - or _"))
+        problems.append(
+            FieldViolation("rule.rule_id", "must be 1-63 lower-case letters, digits, - or _")
+        )
     if not rule.intent_key:
-        problems.append(("rule.intent_key", "is required"))
+        problems.append(FieldViolation("rule.intent_key", "is required"))
     if not CHANNEL_PATTERN.match(rule.source_channel):
-        problems.append(("rule.source_channel", "must name a channel"))
+        problems.append(FieldViolation("rule.source_channel", "must name a channel"))
     if not rule.conversion_event:
-        problems.append(("rule.conversion_event", "is required"))
+        problems.append(FieldViolation("rule.conversion_event", "is required"))
     wait = rule.wait_duration.ToTimedelta()
     if wait <= timedelta(0):
-        problems.append(("rule.wait_duration", "must be a positive duration"))
+        problems.append(FieldViolation("rule.wait_duration", "must be a positive duration"))
     if not rule.targets:
-        problems.append(("rule.targets", "needs at least one channel and variant"))
+        problems.append(FieldViolation("rule.targets", "needs at least one channel and variant"))
     for index, target in enumerate(rule.targets):
         if not CHANNEL_PATTERN.match(target.channel):
-            problems.append((f"rule.targets[{index}].channel", "must name a channel"))
+            problems.append(FieldViolation(f"rule.targets[{index}].channel", "must name a channel"))
     if problems:
-        from upm_common.errors import FieldViolation
-
-        violations = [FieldViolation(f, d) for f, d in problems]
-        raise InvalidArgumentError(
-            "; ".join(f"{f}: {d}" for f, d in problems), violations=violations
-        )
+        raise invalid_fields(problems)
 
 
 class FollowUps:
@@ -163,7 +160,7 @@ class FollowUps:
         sent_for_campaign = {
             (s.channel, s.variant) for s in sends if s.campaign_id == request.campaign_id
         }
-        for index, candidate in enumerate(request.candidates):
+        for candidate in request.candidates:
             if (candidate.channel, candidate.variant) in sent_for_campaign:
                 notes.append(f"{candidate.channel}/{candidate.variant} already sent")
                 continue
@@ -175,7 +172,6 @@ class FollowUps:
                 policy_id=request.policy_id,
                 intent_key=template.intent_key,
             )
-            del index
             reasons.extend(decision.reasons)
             if decision.outcome == pb.OUTCOME_ALLOW:
                 return pb.GetNextBestActionResponse(

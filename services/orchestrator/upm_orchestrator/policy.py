@@ -7,6 +7,7 @@ pure and cheap: a policy is validated and compiled once when it is stored or loa
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -99,6 +100,13 @@ class CompiledPolicy:
         longest = [r.window_ms for r in self.caps] + [r.gap_ms for r in self.gaps]
         longest += [r.window_ms for r in self.duplicates]
         return max([MIN_RETENTION_MS, *longest])
+
+
+def invalid_fields(problems: Sequence[FieldViolation]) -> InvalidArgumentError:
+    """One error naming every bad field: `<field>: <description>; ...`."""
+    return InvalidArgumentError(
+        "; ".join(f"{v.field}: {v.description}" for v in problems), violations=problems
+    )
 
 
 def _duration_ms(path: str, value: object, problems: list[FieldViolation]) -> int:
@@ -251,9 +259,7 @@ def compile_policy(policy: pb.Policy, *, field_prefix: str = "policy") -> Compil
     if policy.exemptions.min_priority < 0:
         problems.append(FieldViolation(f"{p}.exemptions.min_priority", "must not be negative"))
     if problems:
-        raise InvalidArgumentError(
-            "; ".join(f"{v.field}: {v.description}" for v in problems), violations=problems
-        )
+        raise invalid_fields(problems)
     return CompiledPolicy(
         policy_id=policy.policy_id,
         version=policy.version,

@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from upm.common.v1 import consent_pb2
 from upm.orchestrator.v1 import orchestrator_service_pb2 as pb
@@ -22,7 +22,13 @@ from upm_orchestrator import engine
 from upm_orchestrator.directory import ProfileDirectory
 from upm_orchestrator.engine import MessageSpec, Plan, ProfileInfo, Reason
 from upm_orchestrator.metrics import DECISIONS, HELD_BACK, RESERVATIONS
-from upm_orchestrator.policy import DEFAULT_POLICY_ID, ID_PATTERN, CompiledPolicy, compile_policy
+from upm_orchestrator.policy import (
+    DEFAULT_POLICY_ID,
+    ID_PATTERN,
+    CompiledPolicy,
+    compile_policy,
+    invalid_fields,
+)
 from upm_orchestrator.repository import OutcomeRecord, Repository, Send
 from upm_orchestrator.store.base import FatigueStore, ReserveRequest, ReserveResult
 from upm_orchestrator.store.common import new_id, new_ids
@@ -95,9 +101,7 @@ def message_spec(message: pb.Message, path: str) -> MessageSpec:
         if not tag or len(tag) > MAX_TEXT:
             problems.append(FieldViolation(f"{path}.tags[{index}]", "must be 1-256 characters"))
     if problems:
-        raise InvalidArgumentError(
-            "; ".join(f"{v.field}: {v.description}" for v in problems), violations=problems
-        )
+        raise invalid_fields(problems)
     return MessageSpec(
         campaign_id=message.campaign_id,
         category=message.category,
@@ -248,11 +252,7 @@ class Orchestrator:
         for item in items:
             profile = found.get(item.profile_id)
             if profile is None:
-                raise NotFoundError(
-                    f"{item.path}profile_id: profile {item.profile_id!r} not found",
-                    resource_type="profile",
-                    resource_name=item.profile_id,
-                )
+                raise _profile_not_found(item.profile_id, f"{item.path}profile_id")
             item.profile = profile
         return items
 
@@ -572,11 +572,7 @@ class Orchestrator:
         when = optional_timestamp(request, "occur_time") or self.clock()
         found = await self.profiles.get_profiles([request.profile_id])
         if request.profile_id not in found:
-            raise NotFoundError(
-                f"profile_id: profile {request.profile_id!r} not found",
-                resource_type="profile",
-                resource_name=request.profile_id,
-            )
+            raise _profile_not_found(request.profile_id, "profile_id")
         if found[request.profile_id].suppressed:
             # Nothing is kept about an erased person, as ingest drops their events at the door;
             # they can no longer be messaged, so there is no consent left to withdraw.
@@ -651,6 +647,14 @@ def explain(decision: pb.Decision) -> list[str]:
     return lines
 
 
+def _profile_not_found(profile_id: str, path: str) -> NotFoundError:
+    return NotFoundError(
+        f"{path}: profile {profile_id!r} not found",
+        resource_type="profile",
+        resource_name=profile_id,
+    )
+
+
 def _reservation_pb(
     reservation_id: str, profile_id: str, state: str, expire_ms: int, channel: str
 ) -> pb.Reservation:
@@ -664,4 +668,4 @@ def _reservation_pb(
     return out
 
 
-__all__ = ["DecisionSettings", "Orchestrator", "explain", "timedelta"]
+__all__ = ["DecisionSettings", "Orchestrator", "explain"]
