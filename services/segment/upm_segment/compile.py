@@ -136,6 +136,11 @@ def _cmp(operator: m.Operator, column: Any, values: Sequence[Any]) -> Predicate:
     raise ValueError(f"operator {operator} is not a comparison")
 
 
+def _count(condition: Predicate | None) -> Any:
+    """The number of rows of a group, or of those meeting `condition`."""
+    return func.count() if condition is None else func.count(case((condition, 1)))
+
+
 def _comparison(comparison: m.Comparison, column: Any) -> Predicate:
     if comparison.operator is m.Operator.NEQ:
         return column != comparison.value  # type: ignore[no-any-return]
@@ -312,6 +317,16 @@ class SqlCompiler:
             return found > 0
         return func.substr(column, 1, len(value)) == value
 
+    def _value_test(
+        self, operator: m.Operator, column: Any, kind: str, values: Sequence[m.Value]
+    ) -> Predicate:
+        """`column` (holding values of `kind`) passes a positive (non-NEQ) value operator."""
+        if operator in (m.Operator.CONTAINS, m.Operator.STARTS_WITH):
+            return self._string_test(operator, column, str(values[0]))
+        if kind == "string" and operator in (*m.ORDER_OPERATORS, m.Operator.BETWEEN):
+            column = self._text_order(column)
+        return _cmp(operator, column, values)
+
     def _trait(self, node: m.TraitCondition) -> _Set:
         traits = t.traits
         base = select(traits.c.profile_id).where(traits.c.name == node.name)
@@ -322,15 +337,8 @@ class SqlCompiler:
                 return _Set(present, negated=True)
             return self._leaf(present, traits.c.profile_id)
         kind = m.value_kind(node.values[0])
-        column: Any = _TRAIT_COLUMNS[kind]
         positive = m.Operator.EQ if operator is m.Operator.NEQ else operator
-        test: Predicate
-        if positive in (m.Operator.CONTAINS, m.Operator.STARTS_WITH):
-            test = self._string_test(positive, column, str(node.values[0]))
-        else:
-            if kind == "string" and positive in (*m.ORDER_OPERATORS, m.Operator.BETWEEN):
-                column = self._text_order(column)
-            test = _cmp(positive, column, node.values)
+        test = self._value_test(positive, _TRAIT_COLUMNS[kind], kind, node.values)
         holding = base.where(traits.c.value_type == kind, test)
         if operator is m.Operator.NEQ:
             return _Set(holding, negated=True)
@@ -384,14 +392,7 @@ class SqlCompiler:
             return exists if operator is m.Operator.EXISTS else not_(exists)
         kind = m.value_kind(item.values[0])
         positive = m.Operator.EQ if operator is m.Operator.NEQ else operator
-        value = self._json_value(item.property, kind)
-        test: Predicate
-        if positive in (m.Operator.CONTAINS, m.Operator.STARTS_WITH):
-            test = self._string_test(positive, value, str(item.values[0]))
-        else:
-            if kind == "string" and positive in (*m.ORDER_OPERATORS, m.Operator.BETWEEN):
-                value = self._text_order(value)
-            test = _cmp(positive, value, item.values)
+        test = self._value_test(positive, self._json_value(item.property, kind), kind, item.values)
         holds = func.coalesce(and_(self._json_is(item.property, kind), test), false())
         return not_(holds) if operator is m.Operator.NEQ else holds
 
@@ -404,9 +405,10 @@ class SqlCompiler:
         (property filters), separately: filters can move into the aggregates so that they
         are evaluated only on rows of profiles that pass the other conditions."""
         events = t.events
+        event_type = node.event_type if isinstance(node, m.EventCondition) else None
         where: list[Predicate] = [events.c.name == node.name]
-        if isinstance(node, m.EventCondition) and node.event_type is not None:
-            where.append(events.c.type == node.event_type)
+        if event_type is not None:
+            where.append(events.c.type == event_type)
         if isinstance(window, m.RelativeWindow):
             where += [
                 events.c.event_time > self._time(self.now - window.duration),
@@ -417,7 +419,6 @@ class SqlCompiler:
                 events.c.event_time >= self._time(window.start),
                 events.c.event_time < self._time(window.end),
             ]
-        event_type = node.event_type if isinstance(node, m.EventCondition) else None
         key = (node.name, event_type, window)
         return where, [self._filter(item) for item in node.filters], key
 
@@ -501,8 +502,7 @@ class SqlCompiler:
                 return self._leaf(fast, counts.c.profile_id)
 
             def count_test(condition: Predicate | None) -> Predicate:
-                number = func.count() if condition is None else func.count(case((condition, 1)))
-                return _comparison(comparison, number)
+                return _comparison(comparison, _count(condition))
 
             return self._grouped(
                 *self._rows(node, node.window), count_test, zero_passes=zero_passes, rank=rank
@@ -536,7 +536,7 @@ class SqlCompiler:
         def statistic_test(condition: Predicate | None) -> Predicate:
             statistic: Any
             if function is m.AggregateFunction.COUNT:
-                statistic = func.count() if condition is None else func.count(case((condition, 1)))
+                statistic = _count(condition)
             else:
                 operand = self._when(condition, value)
                 if function is m.AggregateFunction.SUM:

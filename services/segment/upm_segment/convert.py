@@ -106,7 +106,7 @@ class _Reader:
     def values(self, values: Any, path: str) -> tuple[m.Value, ...]:
         return tuple(self.value(item, f"{path}.values[{i}]") for i, item in enumerate(values))
 
-    def window(self, message: Any, path: str) -> m.Window | None:
+    def window(self, message: Any) -> m.Window | None:
         if not message.HasField("window"):
             return None
         window = message.window
@@ -173,7 +173,7 @@ class _Reader:
                 function=function or m.AggregateFunction.COUNT,
                 comparison=self.comparison(agg.comparison, f"{here}.comparison"),
                 filters=self.filters(agg.property_filters, here),
-                window=self.window(agg, here),
+                window=self.window(agg),
             )
         if kind == "segment":
             return m.SegmentCondition(message.segment.segment_id)
@@ -221,7 +221,7 @@ class _Reader:
             name=event.event_name,
             event_type=event_type,
             filters=self.filters(event.property_filters, here),
-            window=self.window(event, here),
+            window=self.window(event),
             measure=measure,
         )
 

@@ -52,13 +52,6 @@ class ProfileData:
 
 EventNode = m.EventCondition | m.AggregateCondition
 
-_TRAIT_KIND = {
-    "string": "string",
-    "number": "number",
-    "boolean": "boolean",
-    "timestamp": "timestamp",
-}
-
 
 def _typed(value: Any, kind: str) -> tuple[bool, Any]:
     """Whether a JSON value has the literal kind `kind`, and the comparable value."""
@@ -110,7 +103,7 @@ def _trait(node: m.TraitCondition, profile: ProfileData) -> bool:
         present = trait is not None and trait.value_type != "null"
         return compare(node.operator, present, None, ())
     kind = m.value_kind(node.values[0])
-    present = trait is not None and _TRAIT_KIND.get(trait.value_type) == kind
+    present = trait is not None and trait.value_type == kind
     actual: Any = trait.value if trait is not None and present else None
     if present and kind == "number":
         actual = float(actual)

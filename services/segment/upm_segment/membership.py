@@ -373,20 +373,15 @@ class MembershipWorker:
                 conn, [(r.segment_id, r.profile_id) for r in results]
             )
         changes = []
+        writes = []
         for result in results:
             previous = stored.get((result.segment_id, result.profile_id))
             was_member = previous is not None and previous.member
             if result.member != was_member:
                 record = segments[result.segment_id].record
                 changes.append(self._change(record, result.profile_id, result.member, now, cause))
-        writes = [
-            r
-            for r in results
-            if (previous := stored.get((r.segment_id, r.profile_id))) is None
-            or previous.member != r.member
-            or previous.next_check_time != r.next_check_time
-            or previous.segment_version != r.segment_version
-        ]
+            if previous != result:  # same key: member, version or next check differs
+                writes.append(result)
         await self._commit(writes, changes, now)
         return changes
 

@@ -2,7 +2,7 @@
 
 The tree mirrors `upm.segment.v1.Condition` (see `convert.py` for the mapping) and is what the
 text form parses into, what the validator checks and what both evaluators (SQL and in-process)
-interpret. Time semantics are documented in segment_service.proto and in `windows.py`.
+interpret. Time semantics are documented in segment_service.proto and in `evaluate.py`.
 """
 
 from __future__ import annotations
@@ -269,7 +269,6 @@ class Dependencies:
     traits: frozenset[str]
     event_names: frozenset[str]
     consents: bool
-    identifiers: bool
     time_dependent: bool
 
 
@@ -277,19 +276,17 @@ def dependencies(condition: Condition) -> Dependencies:
     """The dependencies of a resolved tree (segment references already inlined or ignored)."""
     traits: set[str] = set()
     names: set[str] = set()
-    consents = identifiers = time_dependent = False
+    consents = time_dependent = False
     for node in walk(condition):
         if isinstance(node, TraitCondition):
             traits.add(node.name)
         elif isinstance(node, ConsentCondition):
             consents = True
-        elif isinstance(node, IdentifierCondition):
-            identifiers = True
         elif isinstance(node, EventCondition | AggregateCondition):
             names.add(node.name)
             if is_time_dependent(node):
                 time_dependent = True
-    return Dependencies(frozenset(traits), frozenset(names), consents, identifiers, time_dependent)
+    return Dependencies(frozenset(traits), frozenset(names), consents, time_dependent)
 
 
 def is_time_dependent(node: EventCondition | AggregateCondition) -> bool:

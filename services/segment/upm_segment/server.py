@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from upm.segment.v1 import segment_service_pb2_grpc as pb_grpc
-from upm_common.eventlog import PROFILE_CHANGES, EventLog, consumer_name
+from upm_common.eventlog import PROFILE_CHANGES, EventLog
 from upm_common.server import ServiceApp, ServiceRegistration
 from upm_common.storage import Storage
 from upm_segment.membership import MembershipHub, MembershipWorker
@@ -44,7 +44,6 @@ async def build_segment(settings: SegmentSettings) -> SegmentRuntime:
         store,
         event_log,
         hub,
-        consumer=consumer_name(),
         group=settings.segment_consumer_group,
         batch_size=settings.segment_worker_batch_size,
         lease_seconds=settings.segment_lease_seconds,

@@ -16,7 +16,12 @@ from datetime import UTC, datetime
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from upm_common.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from upm_common.errors import (
+    AbortedError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from upm_segment import model as m
 from upm_segment.compile import SqlCompiler, prepare_read
 from upm_segment.evaluate import evaluate, event_horizons
@@ -326,6 +331,4 @@ def _check_labels(name: str, description: str) -> None:
 
 
 def _aborted(segment_id: str) -> Exception:
-    from upm_common.errors import AbortedError
-
     return AbortedError(f"segment {segment_id!r} changed; its etag no longer matches")

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from upm_common.errors import FieldViolation, InvalidArgumentError
+from upm_common.errors import InvalidArgumentError
 from upm_segment import model as m
 from upm_segment.validate import validate
 
@@ -117,10 +117,7 @@ class ParseError(Exception):
         super().__init__(f"line {self.line}, column {self.column}: {message}")
 
     def to_invalid_argument(self, field: str = "text") -> InvalidArgumentError:
-        description = str(self)
-        return InvalidArgumentError(
-            f"{field}: {description}", violations=[FieldViolation(field, description)]
-        )
+        return InvalidArgumentError.for_field(field, str(self))
 
 
 @dataclass(frozen=True)
@@ -470,7 +467,7 @@ def _unquote(literal: str) -> str:
         char = body[index]
         if char == "\\" and index + 1 < len(body):
             nxt = body[index + 1]
-            if nxt == "u" and index + 5 < len(body) + 0:
+            if nxt == "u" and index + 5 < len(body):
                 out.append(chr(int(body[index + 2 : index + 6], 16)))
                 index += 6
                 continue

@@ -66,6 +66,12 @@ def _record(row: Any) -> SegmentRecord:
     )
 
 
+def _not_found(segment_id: str) -> NotFoundError:
+    return NotFoundError(
+        f"segment {segment_id!r} not found", resource_type="segment", resource_name=segment_id
+    )
+
+
 def new_etag() -> str:
     return uuid.uuid4().hex
 
@@ -104,11 +110,7 @@ class SqlSegmentStore:
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(defs).where(defs.c.id == segment_id))).first()
         if row is None:
-            raise NotFoundError(
-                f"segment {segment_id!r} not found",
-                resource_type="segment",
-                resource_name=segment_id,
-            )
+            raise _not_found(segment_id)
         return _record(row)
 
     async def list_page(self, *, after: str, limit: int) -> list[SegmentRecord]:
@@ -163,11 +165,7 @@ class SqlSegmentStore:
             if result.rowcount != 1:
                 exists = await conn.execute(select(defs.c.id).where(defs.c.id == segment_id))
                 if exists.first() is None:
-                    raise NotFoundError(
-                        f"segment {segment_id!r} not found",
-                        resource_type="segment",
-                        resource_name=segment_id,
-                    )
+                    raise _not_found(segment_id)
                 raise AbortedError(f"segment {segment_id!r} changed; its etag is not {etag!r}")
             await conn.execute(delete(members).where(members.c.segment_id == segment_id))
 
@@ -186,23 +184,8 @@ class SqlSegmentStore:
     ) -> dict[tuple[str, str], MembershipRow]:
         """Stored rows for (segment id, profile id) pairs (looked up by profile id)."""
         wanted = set(pairs)
-        dialect = conn.dialect.name
-        found: dict[tuple[str, str], MembershipRow] = {}
-        for chunk in id_chunks({profile for _, profile in wanted}, dialect):
-            rows = await conn.execute(
-                select(members).where(id_in(members.c.profile_id, chunk, dialect))
-            )
-            for row in rows.all():
-                key = (row.segment_id, row.profile_id)
-                if key in wanted:
-                    found[key] = MembershipRow(
-                        row.segment_id,
-                        row.profile_id,
-                        row.member,
-                        row.segment_version,
-                        row.next_check_time,
-                    )
-        return found
+        rows = await self.profile_rows(conn, [profile for _, profile in wanted])
+        return {key: row for row in rows if (key := (row.segment_id, row.profile_id)) in wanted}
 
     async def segment_members(self, conn: AsyncConnection, segment_id: str) -> set[str]:
         rows = await conn.execute(
@@ -262,9 +245,7 @@ class SqlSegmentStore:
                 )
         if keep:
             upsert = (
-                postgresql.insert(members)
-                if conn.dialect.name == "postgresql"
-                else sqlite.insert(members)
+                postgresql.insert(members) if dialect == "postgresql" else sqlite.insert(members)
             )
             statement = upsert.on_conflict_do_update(
                 index_elements=[members.c.segment_id, members.c.profile_id],
