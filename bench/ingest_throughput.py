@@ -11,10 +11,11 @@ Measured in one run, on one machine:
 - redis_dedup_xadd: every Redis command the service sends for a batch (the append that sets
   each event's dedup mark, `SET NX EX`, and XADDs only the new ones, one script call per
   partition) and nothing else: the ceiling of the whole Redis side.
-Then the p50 / p99 acknowledgement latency of one batch at half the measured throughput, in an
-open loop (batches sent on a fixed schedule, not waiting for each other), with batches of 100
-events (what Segment's server libraries flush at); the throughput phase sends batches of 500
-with 8 in flight.
+Beside each door's events/s, the ingest server's CPU time per event in that phase (from /proc):
+on a shared machine the steadier figure. Then the p50 / p99 acknowledgement latency of one
+batch at half the measured throughput, in an open loop (batches sent on a fixed schedule, not
+waiting for each other), with batches of 100 events (what Segment's server libraries flush
+at); the throughput phase sends batches of 500 with 8 in flight.
 
 Servers run in their own processes (the client is this process), so on a 2-core machine the
 service gets one core and the load generator the other. Figures are medians of `runs` runs.
@@ -258,6 +259,15 @@ class Child:
                 self.info = json.loads(line[6:])
                 return self
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time the child has used so far (all its threads), from /proc; None elsewhere."""
+        assert self.process is not None
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     async def __aexit__(self, *exc: object) -> None:
         assert self.process is not None and self.process.stdin is not None
         self.process.stdin.close()
@@ -322,6 +332,20 @@ async def _paced(send: Send, bodies: list[bytes], per_second: float, size: int) 
         tasks.append(asyncio.create_task(one(body)))
     await asyncio.gather(*tasks)
     return _percentiles(latencies)
+
+
+async def _server_cpu(server: Child, measured: Awaitable[dict[str, float]]) -> dict[str, float]:
+    """`measured`'s figures plus the server's CPU time per event during it (0 without /proc).
+
+    The machine is shared: events/s swing with what else runs, CPU time per event much less.
+    """
+    before = server.cpu_seconds()
+    started = time.perf_counter()
+    figures = await measured
+    after = server.cpu_seconds()
+    events = figures["events_per_second"] * (time.perf_counter() - started)
+    used = after - before if after is not None and before is not None else 0.0
+    return {**figures, "server_cpu_us_per_event": used / max(events, 1) * 1e6}
 
 
 def _percentiles(latencies: list[float]) -> dict[str, float]:
@@ -491,6 +515,11 @@ async def _one_run(run: int, smoke: bool, redis_url: str) -> dict[str, float]:
     grpc_bodies = _grpc_batches(f"g{tag}", batches, size)
     http_bodies = _http_batches(f"h{tag}", batches, size)
     sent = _message_ids(f"g{tag}", batches, size) + _message_ids(f"h{tag}", batches, size)
+    # One batch through each server before its measurement, as the Redis phases load their
+    # scripts first: a serving process has its connections, caches and heap in place.
+    [grpc_warm_up] = _grpc_batches(f"gw{tag}", 1, size)
+    [http_warm_up] = _http_batches(f"hw{tag}", 1, size)
+    sent += _message_ids(f"gw{tag}", 1, size) + _message_ids(f"hw{tag}", 1, size)
     source_id = ""
     result: dict[str, float] = {}
     try:
@@ -501,21 +530,24 @@ async def _one_run(run: int, smoke: bool, redis_url: str) -> dict[str, float]:
                 connector=aiohttp.TCPConnector(limit=concurrency)
             ) as session:
                 channel, send = _grpc_sender(echo.info["grpc"], "")
+                await send(grpc_warm_up)
                 echo_grpc = await _drive(send, grpc_bodies, concurrency)
                 await channel.close()
                 channel, send = _grpc_sender(ingest.info["grpc"], key)
-                real_grpc = await _drive(send, grpc_bodies, concurrency)
+                await send(grpc_warm_up)
+                real_grpc = await _server_cpu(ingest, _drive(send, grpc_bodies, concurrency))
                 half = real_grpc["events_per_second"] / 2
                 count = _paced_count(half, smoke)
                 sent += _message_ids(f"gp{tag}", count, LATENCY_BATCH)
                 grpc_paced = _grpc_batches(f"gp{tag}", count, LATENCY_BATCH)
                 grpc_latency = await _paced(send, grpc_paced, half, LATENCY_BATCH)
                 await channel.close()
-                echo_http = await _drive(
-                    _http_sender(session, echo.info["http"], ""), http_bodies, concurrency
-                )
+                send_echo = _http_sender(session, echo.info["http"], "")
+                await send_echo(http_warm_up)
+                echo_http = await _drive(send_echo, http_bodies, concurrency)
                 send_http = _http_sender(session, ingest.info["http"], key)
-                real_http = await _drive(send_http, http_bodies, concurrency)
+                await send_http(http_warm_up)
+                real_http = await _server_cpu(ingest, _drive(send_http, http_bodies, concurrency))
                 half = real_http["events_per_second"] / 2
                 count = _paced_count(half, smoke)
                 sent += _message_ids(f"hp{tag}", count, LATENCY_BATCH)
@@ -532,6 +564,8 @@ async def _one_run(run: int, smoke: bool, redis_url: str) -> dict[str, float]:
         http_echo_events_per_second=echo_http["events_per_second"],
         xadd_events_per_second=xadd,
         redis_dedup_xadd_events_per_second=redis_all,
+        grpc_server_cpu_us_per_event=real_grpc["server_cpu_us_per_event"],
+        http_server_cpu_us_per_event=real_http["server_cpu_us_per_event"],
         grpc_p99_ms_full_load=real_grpc["p99_ms"],
         http_p99_ms_full_load=real_http["p99_ms"],
         grpc_p50_ms_half_load=grpc_latency["p50_ms"],

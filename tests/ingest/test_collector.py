@@ -185,6 +185,18 @@ async def test_numeric_ids_are_accepted_as_text(
     assert event.user_id == "12345"
 
 
+async def test_timestamps_with_any_offset_or_none_mean_the_same_utc_moment(
+    ingest: Running, make_event: Callable[..., dict[str, Any]]
+) -> None:
+    stamps = ["2030-01-01T12:00:00.25", "2030-01-01T12:00:00.250Z", "2030-01-01T14:00:00.25+02:00"]
+    body = {"batch": [make_event(timestamp=stamp) for stamp in stamps]}
+    status, _, _ = await ingest.post("/v1/batch", body)
+    assert status == 200
+    events = await ingest.events(3)
+    assert {e.event_time.ToJsonString() for e in events} == {"2030-01-01T12:00:00.250Z"}
+    assert {e.original_time.ToJsonString() for e in events} == {"2030-01-01T12:00:00.250Z"}
+
+
 async def test_clock_skew_is_corrected_against_the_receive_time(
     ingest: Running, make_event: Callable[..., dict[str, Any]]
 ) -> None:

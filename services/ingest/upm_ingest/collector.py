@@ -321,11 +321,8 @@ class Collector:
         user_agent: str | None = None,
         client_ip: str | None = None,
     ) -> Candidate:
-        message_id = ""
-        if isinstance(item, dict) and isinstance(item.get("messageId"), str):
-            message_id = item["messageId"]
         try:
-            event, sent_at = from_segment_json(
+            event, times = from_segment_json(
                 item,
                 implied_type=implied_type,
                 limits=self._config.shape,
@@ -337,12 +334,20 @@ class Collector:
                 if user_agent is None:
                     user_agent = request.headers.get("User-Agent", "")[:1024]
                 context.user_agent = user_agent
-            finalize(event, sent_at=sent_at, received=received, source_id=source.source_id)
+            finalize(event, times, received=received, source_id=source.source_id)
         except FieldError as error:
-            return Candidate(None, error, message_id=message_id)
+            message_id = item.get("messageId") if isinstance(item, dict) else None
+            return Candidate(
+                None, error, message_id=message_id if isinstance(message_id, str) else ""
+            )
         if client_ip is None:
             client_ip = self._client_ip(request)
-        return Candidate(event, message_id=event.message_id, client_ip=client_ip)
+        return Candidate(
+            event,
+            message_id=event.message_id,
+            client_ip=client_ip,
+            payload=event.SerializeToString(),
+        )
 
     # -- handlers -----------------------------------------------------------------------------
 

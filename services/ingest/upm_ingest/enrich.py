@@ -22,6 +22,7 @@ import structlog
 import ua_parser
 
 from upm.common.v1 import event_pb2
+from upm_ingest.events import varint as _varint
 
 log = structlog.get_logger(__name__)
 
@@ -30,6 +31,9 @@ REFERRERS_FILE = "referrers.json"
 CAMPAIGNS_FILE = "campaigns.json"
 
 IpPrivacy = Literal["keep", "truncate", "drop"]
+
+_CONTEXT_TAG = b"\x4a"  # Event.context (field 9, length-delimited)
+_IP_TAG = b"\x0a"  # Context.ip (field 1, length-delimited)
 
 _UTM_FIELDS = {
     "utm_campaign": "name",
@@ -247,50 +251,66 @@ class Enricher:
 
     def enrich(self, event: event_pb2.Event, *, client_ip: str = "") -> None:
         """Fill campaign, referrer and user agent info, and apply the IP privacy setting."""
+        fragment = self.fragment(event, client_ip=client_ip)
+        if fragment:
+            event.MergeFromString(fragment)
+
+    def fragment(self, event: event_pb2.Event, *, client_ip: str = "") -> bytes:
+        """What `enrich` adds to an event, as a serialized Event to append to the event's own
+        serialization (a parser merges the two, as `enrich` does).
+
+        The pipeline appends it to bytes it has anyway instead of changing and serializing the
+        event again. An event whose client sent some of what enrichment fills is enriched in
+        place, and its whole context is returned.
+        """
         self.maybe_reload()
         context = event.context
         page = context.page
         url = page.url
-        if not url and event.type == event_pb2.EVENT_TYPE_PAGE and "url" in event.properties:
-            value = event.properties["url"]
+        properties = event.properties
+        if not url and event.type == event_pb2.EVENT_TYPE_PAGE and "url" in properties:
+            value = properties["url"]
             url = value if isinstance(value, str) else ""
         referrer = page.referrer
-        if not referrer and "referrer" in event.properties:
-            value = event.properties["referrer"]
+        if not referrer and "referrer" in properties:
+            value = properties["referrer"]
             referrer = value if isinstance(value, str) else ""
         search = page.search
         query = search.lstrip("?") if search else ""
         if not query and url:
             query = urlsplit(url).query
         user_agent = context.user_agent[:1024]
+        ip = context.ip
+        kept = truncate_ip(ip or client_ip, self._ip_privacy) if ip or client_ip else ip
         if (
             context.HasField("campaign")
             or context.HasField("referrer")
             or context.HasField("user_agent_info")
         ):
-            # The client sent some of what enrichment fills: work on the event itself.
+            # The client sent some of what enrichment fills: work on the event itself. The
+            # context holds no repeated field, so appending all of it replaces it exactly.
             self._enrich_context(context, query, referrer, url, user_agent)
-        else:
-            # The common case: what enrichment adds depends only on these four strings, so
-            # it is computed once per distinct combination, kept serialized as an Event that
-            # holds only that context, and merged in by one C-level parse (several times
-            # cheaper than MergeFrom of a Context message).
-            key = (query, referrer, url if referrer else "", user_agent)
-            cache = self._context_cache
-            fragment = cache.get(key)
-            if fragment is None:
-                enriched = event_pb2.Event()
-                self._enrich_context(enriched.context, query, referrer, url, user_agent)
-                fragment = enriched.SerializeToString()
-                if len(cache) >= 10_000:
-                    cache.clear()
-                cache[key] = fragment
-            event.MergeFromString(fragment)
-        ip = context.ip
-        if ip or client_ip:
-            kept = truncate_ip(ip or client_ip, self._ip_privacy)
             if kept != ip:
                 context.ip = kept
+            return _CONTEXT_TAG + _varint(context.ByteSize()) + context.SerializeToString()
+        # The common case: what enrichment adds depends only on these four strings, so it is
+        # computed once per distinct combination and kept serialized.
+        key = (query, referrer, url if referrer else "", user_agent)
+        cache = self._context_cache
+        fragment = cache.get(key)
+        if fragment is None:
+            enriched = event_pb2.Event()
+            self._enrich_context(enriched.context, query, referrer, url, user_agent)
+            fragment = enriched.SerializeToString()
+            if len(cache) >= 10_000:
+                cache.clear()
+            cache[key] = fragment
+        if kept != ip:
+            # Written even when empty, so that it replaces the IP the client sent.
+            raw = kept.encode("utf-8")
+            inner = _IP_TAG + _varint(len(raw)) + raw
+            fragment += _CONTEXT_TAG + _varint(len(inner)) + inner
+        return fragment
 
     def _enrich_context(
         self,

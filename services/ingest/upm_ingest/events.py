@@ -2,8 +2,10 @@
 
 Two doors lead here: Segment JSON from the HTTP collector (`from_segment_json`, then
 `finalize`) and `upm.common.v1.Event` messages from gRPC (`normalize_proto_event`). Both end in
-one normalised `Event` proto, or a `FieldError` naming the offending field as a Segment JSON path
-(HTTP) or a proto field path (gRPC).
+one normalised `Event` (for gRPC: the event's bytes plus the bytes that finalize it, see
+`normalize_proto_event`), or a `FieldError` naming the offending field as a Segment JSON path
+(HTTP) or a proto field path (gRPC). Both doors apply the same rules (`_check_required`,
+`_final_times`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -37,6 +40,8 @@ _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 _LATEST = datetime(9999, 12, 31, tzinfo=UTC)
 _LATEST_SECONDS = int((_LATEST - _EARLIEST).total_seconds())
 _NS = 1_000_000_000
+_LATEST_NS = _LATEST_SECONDS * _NS
+_EARLIEST_NAIVE = _EARLIEST.replace(tzinfo=None)
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -198,8 +203,8 @@ def check_struct_shape(struct: struct_pb2.Struct, path: str, limits: ShapeLimits
                 stack.append((item.list_value, where, depth))
 
 
-def parse_time(value: Any, field: str) -> datetime:
-    """An ISO 8601 timestamp as an aware UTC datetime (no offset means UTC)."""
+def time_ns(value: Any, field: str) -> int:
+    """An ISO 8601 timestamp as nanoseconds since the epoch (no offset means UTC)."""
     if not isinstance(value, str):
         raise FieldError(field, "must be an ISO 8601 timestamp string")
     text = value.strip()
@@ -207,12 +212,12 @@ def parse_time(value: Any, field: str) -> datetime:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise FieldError(field, f"is not an ISO 8601 timestamp: {text[:40]!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    moment = moment.astimezone(UTC)
-    if not _EARLIEST <= moment < _LATEST:
+    # Subtracting aware datetimes accounts for their offsets, so no conversion to UTC first.
+    epoch = _EARLIEST if moment.tzinfo is not None else _EARLIEST_NAIVE
+    nanoseconds: int = (moment - epoch) // _MICROSECOND * 1000
+    if not 0 <= nanoseconds < _LATEST_NS:
         raise FieldError(field, "is outside the years 1970 to 9999")
-    return moment
+    return nanoseconds
 
 
 def _identity(value: Any, field: str) -> str:
@@ -364,6 +369,11 @@ def _external_ids(value: Any) -> list[identity_pb2.Identifier]:
     return identifiers
 
 
+ClientTimes = tuple[int | None, int | None, int | None]
+"""An event's `timestamp`, `originalTimestamp` and `sentAt` as sent, in nanoseconds since the
+epoch (None when absent); a plain tuple, as one is built per event."""
+
+
 @dataclass(frozen=True, slots=True)
 class BatchDefaults:
     """Fields a /v1/batch body may give once for all its events (Segment: sentAt, context)."""
@@ -394,12 +404,12 @@ def from_segment_json(
     limits: ShapeLimits,
     defaults: BatchDefaults | None = None,
     encoded: bytes | None = None,
-) -> tuple[event_pb2.Event, int | None]:
-    """Parse one Segment JSON event; returns the event and its `sentAt` (ns, None if absent).
+) -> tuple[event_pb2.Event, ClientTimes]:
+    """Parse one Segment JSON event; returns the event and its client times.
 
-    Times are parsed but not yet corrected for clock skew; `finalize` does that. `encoded` is
-    the JSON text `data` was parsed from, or `orjson.dumps(data)`, when the caller has it: it
-    lets small, shallow events skip the walk of `check_json_shape` (see `_shape_ok`).
+    The times are left out of the event: `finalize` sets them, corrected for clock skew.
+    `encoded` is the JSON text `data` was parsed from, or `orjson.dumps(data)`, when the caller
+    has it: it lets small, shallow events skip the walk of `check_json_shape` (see `_shape_ok`).
     """
     if not isinstance(data, dict):
         raise FieldError("", "an event must be a JSON object")
@@ -475,29 +485,14 @@ def from_segment_json(
     if integrations:
         update_struct(event.integrations, integrations)
     value = get("timestamp")
-    if value is not None:
-        _set_stamp(event.event_time, datetime_ns(parse_time(value, "timestamp")))
+    timestamp = time_ns(value, "timestamp") if value is not None else None
     value = get("originalTimestamp")
-    if value is not None:
-        _set_stamp(event.original_time, datetime_ns(parse_time(value, "originalTimestamp")))
+    original = time_ns(value, "originalTimestamp") if value is not None else None
     value = get("sentAt")
     if value is None and defaults is not None:
         value = defaults.sent_at
-    sent_at = datetime_ns(parse_time(value, "sentAt")) if value is not None else None
-    return event, sent_at
-
-
-def _stamp_ns(stamp: Any) -> int:
-    return int(stamp.seconds) * _NS + int(stamp.nanos)
-
-
-def _set_stamp(stamp: Any, nanoseconds: int) -> None:
-    stamp.seconds, stamp.nanos = divmod(nanoseconds, _NS)
-
-
-def datetime_ns(moment: datetime) -> int:
-    """Nanoseconds since the epoch of an aware datetime."""
-    return (moment - _EARLIEST) // _MICROSECOND * 1000
+    sent_at = time_ns(value, "sentAt") if value is not None else None
+    return event, (timestamp, original, sent_at)
 
 
 _CONTEXT_STRINGS = ("ip", "user_agent", "locale", "timezone", "library_name")
@@ -535,50 +530,59 @@ def normalize_proto_event(
     limits: ShapeLimits,
     received: int,
     source_id: str,
-    data: bytes | None = None,
-) -> event_pb2.Event:
-    """Validate a gRPC event and `finalize` it, in place; field names are proto paths.
+    data: bytes,
+) -> tuple[str, bytes]:
+    """Validate a gRPC event; returns its message id and the bytes that finalize it.
 
-    `data` is the event serialized, when the caller has it: small, flat events then skip the
-    field-by-field shape and length checks (see `_proto_shape_ok`).
+    `data` is the event serialized. The event itself is not finalized: appending the returned
+    bytes to `data` gives the serialized finalized event (a parser merges repeated fields, last
+    one winning), which saves setting the fields and serializing the event a second time.
+    Field names in errors are proto paths. Small, flat events skip the field-by-field shape and
+    length checks (see `_proto_shape_ok`).
     """
+    implied = b""
     if implied_type is not None:
         if event.type not in (event_pb2.EVENT_TYPE_UNSPECIFIED, implied_type):
             raise FieldError("type", f"must be {NAME_BY_TYPE[implied_type]} for this call")
-        event.type = implied_type  # type: ignore[assignment]
-    if data is None or not _proto_shape_ok(data, limits):
+        if event.type != implied_type:
+            event.type = implied_type  # type: ignore[assignment]
+            implied = _TYPE_TAG + varint(implied_type)
+    if not _proto_shape_ok(data, limits):
         _check_proto_shape(event, limits)
-    if (data is None or len(data) > MAX_ID_LENGTH) and max(
-        len(event.user_id),
-        len(event.anonymous_id),
-        len(event.group_id),
-        len(event.previous_id),
-    ) > MAX_ID_LENGTH:
+    if (
+        len(data) > MAX_ID_LENGTH
+        and max(
+            len(event.user_id),
+            len(event.anonymous_id),
+            len(event.group_id),
+            len(event.previous_id),
+        )
+        > MAX_ID_LENGTH
+    ):
         _raise_too_long(
             event, ("user_id", "anonymous_id", "group_id", "previous_id"), MAX_ID_LENGTH, ""
         )
-    # Presence is looked up once and handed to `_finalize` (each HasField costs about as much
-    # as the checks themselves).
-    has_event_time = event.HasField("event_time")
-    if has_event_time:
-        _check_stamp(event.event_time, "event_time")
-    sent = None
+    # Presence is looked up once (each HasField costs about as much as the checks themselves).
+    timestamp = original = sent = None
+    if event.HasField("event_time"):
+        timestamp = _checked_stamp_ns(event.event_time, "event_time")
     if event.HasField("sent_time"):
-        sent_time = event.sent_time
-        _check_stamp(sent_time, "sent_time")
-        sent = sent_time.seconds * _NS + sent_time.nanos
-    has_original_time = event.HasField("original_time")
-    if has_original_time:
-        _check_stamp(event.original_time, "original_time")
-    return _finalize(
-        event,
-        sent_at=sent,
-        received=received,
-        source_id=source_id,
-        proto_names=True,
-        has_event_time=has_event_time,
-        has_original_time=has_original_time,
-    )
+        sent = _checked_stamp_ns(event.sent_time, "sent_time")
+    if event.HasField("original_time"):
+        original = _checked_stamp_ns(event.original_time, "original_time")
+    message_id, generated = _check_required(event, proto_names=True)
+    event_ns, _ = _final_times(timestamp, original, sent, received, proto_names=True)
+    # The common case, a timestamp and no sentAt, keeps event_time as sent and only copies it.
+    tail = [implied, _received_tail(received, source_id)]
+    if generated:
+        tail.append(_string_field(_MESSAGE_ID_TAG, message_id))
+    if event_ns != timestamp:
+        tail.append(_stamp_field(_EVENT_TIME_TAG, event_ns))
+    if original is None and timestamp is not None:
+        # original_time is a copy of event_time as sent.
+        sent_stamp = event.event_time.SerializeToString()
+        tail.append(_ORIGINAL_TIME_TAG + varint(len(sent_stamp)) + sent_stamp)
+    return message_id, b"".join(tail)
 
 
 def _check_proto_shape(event: event_pb2.Event, limits: ShapeLimits) -> None:
@@ -618,58 +622,52 @@ def _check_proto_shape(event: event_pb2.Event, limits: ShapeLimits) -> None:
         _raise_too_long(event, ("event", "name"), longest, "")
 
 
-def _check_stamp(stamp: Any, name: str) -> None:
-    if not 0 <= stamp.nanos < _NS:
+def _checked_stamp_ns(stamp: Any, name: str) -> int:
+    seconds, nanos = stamp.seconds, stamp.nanos
+    if not 0 <= nanos < _NS:
         raise FieldError(name, "is not a valid timestamp")
-    if not 0 <= stamp.seconds < _LATEST_SECONDS:
+    if not 0 <= seconds < _LATEST_SECONDS:
         raise FieldError(name, "is outside the years 1970 to 9999")
+    return int(seconds) * _NS + int(nanos)
 
 
 def finalize(
-    event: event_pb2.Event,
-    *,
-    sent_at: int | None,
-    received: int,
-    source_id: str,
-    proto_names: bool = False,
+    event: event_pb2.Event, times: ClientTimes, *, received: int, source_id: str
 ) -> event_pb2.Event:
-    """Check the spec's required fields and set ids and times, in place.
+    """Check the spec's required fields and set ids and times of a Segment JSON event, in place.
 
-    Times are nanoseconds since the epoch.
+    `times` are the client's times as `from_segment_json` returns them; see `_final_times` and
+    `_check_required` for the rules.
+    """
+    timestamp, original, sent = times
+    message_id, generated = _check_required(event, proto_names=False)
+    if generated:
+        event.message_id = message_id
+    event_ns, original_ns = _final_times(timestamp, original, sent, received, proto_names=False)
+    _set_stamp(event.event_time, event_ns)
+    if original_ns is not None:
+        _set_stamp(event.original_time, original_ns)
+    if sent is not None:
+        _set_stamp(event.sent_time, sent)
+    _set_stamp(event.received_time, received)
+    event.source_id = source_id
+    return event
+
+
+def _check_required(event: event_pb2.Event, *, proto_names: bool) -> tuple[str, bool]:
+    """The spec's required fields; returns the message id and whether it was assigned now.
+
     - messageId: kept when given (at most 255 characters); assigned when absent.
     - userId or anonymousId: one is required (alias: userId and previousId; group: groupId;
       track: event).
-    - Times: `event_time` = timestamp + (receivedAt - sentAt) when the client sent both, which
-      corrects the client's clock skew; the client's own timestamp is kept as `original_time`.
-      Without a timestamp the event happened when it was received.
     """
-    return _finalize(
-        event,
-        sent_at=sent_at,
-        received=received,
-        source_id=source_id,
-        proto_names=proto_names,
-        has_event_time=event.HasField("event_time"),
-        has_original_time=event.HasField("original_time"),
-    )
-
-
-def _finalize(
-    event: event_pb2.Event,
-    *,
-    sent_at: int | None,
-    received: int,
-    source_id: str,
-    proto_names: bool,
-    has_event_time: bool,
-    has_original_time: bool,
-) -> event_pb2.Event:
     kind = event.type
     if kind == event_pb2.EVENT_TYPE_UNSPECIFIED:
         raise FieldError(_field_name("type", proto_names), "is required")
     message_id = event.message_id
-    if not message_id:
-        event.message_id = f"upm-{uuid.uuid4()}"
+    generated = not message_id
+    if generated:
+        message_id = f"upm-{uuid.uuid4()}"
     elif len(message_id) > MAX_ID_LENGTH:
         raise FieldError(
             _field_name("messageId", proto_names), f"longer than {MAX_ID_LENGTH} characters"
@@ -685,37 +683,90 @@ def _finalize(
         raise FieldError(_field_name("event", proto_names), "is required for track")
     if kind == event_pb2.EVENT_TYPE_GROUP and not event.group_id:
         raise FieldError(_field_name("groupId", proto_names), "is required for group")
-    # Each HasField and sub-message access costs about as much as the arithmetic here, so the
-    # common cases touch as few as possible: a timestamp and no sentAt leaves event_time as is.
-    if has_event_time:
-        event_time = event.event_time
-        if not has_original_time:
-            event.original_time.CopyFrom(event_time)
-        if sent_at is not None:
-            client_time = event_time.seconds * _NS + event_time.nanos
-            _correct(event_time, client_time + received - sent_at, proto_names)
-    elif has_original_time:
-        client_time = _stamp_ns(event.original_time)
-        skew = received - sent_at if sent_at is not None else 0
-        _correct(event.event_time, client_time + skew, proto_names)
+    return message_id, generated
+
+
+def _final_times(
+    timestamp: int | None,
+    original: int | None,
+    sent_at: int | None,
+    received: int,
+    *,
+    proto_names: bool,
+) -> tuple[int, int | None]:
+    """The final (event time, original time) of an event, in nanoseconds since the epoch.
+
+    `event_time` = timestamp + (receivedAt - sentAt) when the client sent both, which corrects
+    the client's clock skew; the client's own timestamp is kept as `original_time`. Without a
+    timestamp the event happened when it was received (or at its originalTimestamp, corrected
+    the same way).
+    """
+    if timestamp is not None:
+        if sent_at is None:
+            return timestamp, timestamp if original is None else original
+        corrected = timestamp + received - sent_at
+        kept = timestamp if original is None else original
+    elif original is not None:
+        corrected = original + (received - sent_at if sent_at is not None else 0)
+        kept = original
     else:
-        _set_stamp(event.event_time, received)
-    if sent_at is not None:
-        _set_stamp(event.sent_time, sent_at)
-    _set_stamp(event.received_time, received)
-    event.source_id = source_id
-    return event
+        return received, None
+    if not 0 <= corrected < _LATEST_NS:
+        raise FieldError(_field_name("sentAt", proto_names), "is too far from the receive time")
+    return corrected, kept
 
 
 def _field_name(segment_name: str, proto_names: bool) -> str:
     return PROTO_NAMES.get(segment_name, segment_name) if proto_names else segment_name
 
 
-def _correct(event_time: Any, corrected: int, proto_names: bool) -> None:
-    """Set `event_time` to the client's time corrected by its clock skew."""
-    if not 0 <= corrected < _LATEST_SECONDS * _NS:
-        raise FieldError(_field_name("sentAt", proto_names), "is too far from the receive time")
-    _set_stamp(event_time, corrected)
+def _set_stamp(stamp: Any, nanoseconds: int) -> None:
+    stamp.seconds, stamp.nanos = divmod(nanoseconds, _NS)
+
+
+# Wire format of the Event fields a finalization appends (tag = field number << 3 | wire
+# type; 2 = length-delimited, 0 = varint).
+_MESSAGE_ID_TAG = b"\x0a"  # 1, string
+_TYPE_TAG = b"\x10"  # 2, enum
+_EVENT_TIME_TAG = b"\x62"  # 12, Timestamp
+_RECEIVED_TIME_TAG = b"\x72"  # 14, Timestamp
+_ORIGINAL_TIME_TAG = b"\x7a"  # 15, Timestamp
+_SOURCE_ID_TAG = b"\x82\x01"  # 16, string
+
+
+def varint(value: int) -> bytes:
+    """Protobuf's base-128 varint of a non-negative integer."""
+    if value < 0x80:
+        return _ONE_BYTE[value]
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_ONE_BYTE = tuple(bytes((value,)) for value in range(0x80))
+"""The varints of 0 to 127 (lengths and small numbers: most varints written here)."""
+
+
+def _string_field(tag: bytes, text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return tag + varint(len(raw)) + raw
+
+
+def _stamp_field(tag: bytes, nanoseconds: int) -> bytes:
+    """A Timestamp field with both its fields written even when zero: appended after a field
+    the event already has, it must replace both (a parser merges messages field by field)."""
+    seconds, nanos = divmod(nanoseconds, _NS)
+    body = b"\x08" + varint(seconds) + b"\x10" + varint(nanos)
+    return tag + varint(len(body)) + body
+
+
+@lru_cache(maxsize=64)
+def _received_tail(received: int, source_id: str) -> bytes:
+    """received_time and source_id, the same for every event of a request (hence cached)."""
+    return _stamp_field(_RECEIVED_TIME_TAG, received) + _string_field(_SOURCE_ID_TAG, source_id)
 
 
 def identity_key(event: event_pb2.Event) -> str:

@@ -57,12 +57,17 @@ _EVENTS_TOTAL_BY_STATUS = {
 
 @dataclass(slots=True)
 class Candidate:
-    """One parsed event of a request, or why it could not be parsed."""
+    """One parsed event of a request, or why it could not be parsed.
+
+    `payload` is the finalized event serialized, as the log will hold it before enrichment;
+    `event` holds at least the fields enrichment and suppression read (see the two doors).
+    """
 
     event: event_pb2.Event | None
     error: FieldError | None = None
     message_id: str = ""
     client_ip: str = ""
+    payload: bytes = b""
 
 
 @dataclass(slots=True)
@@ -146,10 +151,10 @@ class Ingestor:
         """
         await self.suppressions.refresh()
         suppressed = self.suppressions.matcher()
-        enrich = self.enricher.enrich
+        fragment = self.enricher.fragment
         results: list[Result] = [_UNSET] * len(candidates)
         # One pass: the events to append, as (message id, log key, payload), and where their
-        # results go. Only those are enriched and serialized.
+        # results go. Only those are enriched.
         positions: list[int] = []
         entries: list[tuple[str, str, bytes]] = []
         seen: set[str] = set()
@@ -161,7 +166,7 @@ class Ingestor:
                     index, candidate.message_id, REJECTED, error.reason, error.field
                 )
                 continue
-            message_id = candidate.message_id or event.message_id
+            message_id = candidate.message_id
             if suppressed is not None and suppressed(event):
                 results[index] = Result(index, message_id, SUPPRESSED)
                 continue
@@ -170,11 +175,12 @@ class Ingestor:
                 continue
             seen.add(message_id)
             try:
-                enrich(event, client_ip=candidate.client_ip)
+                added = fragment(event, client_ip=candidate.client_ip)
             except Exception:
                 log.exception("enrichment failed", message_id=message_id)
+                added = b""
             positions.append(index)
-            entries.append((message_id, identity_key(event), event.SerializeToString()))
+            entries.append((message_id, identity_key(event), candidate.payload + added))
 
         if entries:
             started = time.perf_counter()

@@ -104,13 +104,14 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
     ) -> Candidate:
         try:
             # Serialized once, up front: the size limit and the shape checks read these bytes
-            # (see events._proto_shape_ok), which is cheaper than walking the fields.
+            # (see events._proto_shape_ok), and they become the logged payload with the
+            # finalization appended (see normalize_proto_event).
             data = event.SerializeToString()
             if len(data) > source.limits.max_event_bytes:
                 raise FieldError(
                     "", f"event of {len(data)} bytes exceeds {source.limits.max_event_bytes}"
                 )
-            final = normalize_proto_event(
+            message_id, tail = normalize_proto_event(
                 event,
                 implied_type=implied_type,
                 limits=self._shape,
@@ -120,7 +121,7 @@ class IngestServicer(pb_grpc.IngestServiceServicer):
             )
         except FieldError as error:
             return Candidate(None, error, message_id=event.message_id)
-        return Candidate(final, message_id=final.message_id)
+        return Candidate(event, message_id=message_id, payload=data + tail)
 
     async def _single(
         self, event: event_pb2.Event, implied_type: int, context: grpc.aio.ServicerContext
