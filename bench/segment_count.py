@@ -209,6 +209,8 @@ async def _measure(engine: AsyncEngine, runs: int) -> dict[str, Any]:
     figures: dict[str, Any] = {
         "events": events,
         "count_star_seconds": round(base_seconds, 4),
+        # Wall-clock figures on a shared machine: the load they were taken under.
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "segments": {},
     }
     for name, definition in SEGMENTS.items():
