@@ -158,6 +158,31 @@ async def test_duplicate_intent_on_another_channel_is_denied(harness: Harness) -
     )
 
 
+async def test_messages_alike_but_for_their_intent_are_told_apart(harness: Harness) -> None:
+    # The same campaign on the same channel with one intent after another: each intent is
+    # counted and named on its own, however the rules for such messages are kept.
+    await harness.policy(
+        rule(
+            "same-message",
+            duplicate_intent=pb.DuplicateIntentRule(window_duration=seconds(6 * HOUR)),
+        )
+    )
+    for intent in ("spring-sale", "summer-sale", "autumn-sale"):
+        first = await harness.ask(channel="email", campaign_id="seasons", intent_key=intent)
+        assert first.outcome == pb.OUTCOME_ALLOW, intent
+        harness.clock.advance(minutes=1)
+    for intent in ("summer-sale", "spring-sale"):
+        again = await harness.ask(channel="sms", campaign_id="seasons", intent_key=intent)
+        assert again.outcome == pb.OUTCOME_DENY, intent
+        assert [r.description for r in again.reasons] == [
+            f"a message with intent {intent!r} went out in 6:00:00"
+        ]
+    assert (
+        await harness.ask(channel="sms", campaign_id="seasons", intent_key="winter-sale")
+    ).outcome == pb.OUTCOME_ALLOW
+    assert (await harness.ask(channel="sms", campaign_id="seasons")).outcome == pb.OUTCOME_ALLOW
+
+
 async def test_quiet_hours_defer_to_local_morning_and_deny_beyond_max_hold(
     harness: Harness,
 ) -> None:

@@ -57,6 +57,18 @@ class MessageSpec:
             self.priority,
         )
 
+    def shape_key(self) -> tuple[object, ...]:
+        """`rule_key` with only whether there is an intent key: intent keys are usually one
+        per message sent, and which rules apply does not depend on their value."""
+        return (
+            self.campaign_id,
+            self.category,
+            self.tags,
+            bool(self.intent_key),
+            self.purpose,
+            self.priority,
+        )
+
 
 @dataclass(frozen=True)
 class ProfileInfo:
@@ -102,7 +114,9 @@ class _Shape:
     one policy version, channel and message kind, so it is computed once and kept.
 
     `checks` are `(rule id, counter key, window kind, window ms, limit)`, window kind
-    ROLLING for every rolling window (caps, gaps, duplicate intent).
+    ROLLING for every rolling window (caps, gaps, duplicate intent). The message's intent key
+    is not part of the shape (see `MessageSpec.shape_key`): its counter is left out of `writes`
+    and is the empty counter key in `checks`, both filled in per plan.
     """
 
     exempted: bool
@@ -121,6 +135,7 @@ class Plan:
     exempted: bool
     infos: Mapping[str, _CheckInfo]
     calendar_ends: Mapping[int, datetime]
+    intent_key: str = ""
 
     @property
     def blocked(self) -> bool:
@@ -157,15 +172,22 @@ def profile_zone(profile: ProfileInfo, policy: CompiledPolicy) -> ZoneInfo:
 
 def message_keys(channel: str, message: MessageSpec) -> tuple[str, ...]:
     """Every counter key a message counts on."""
+    keys = _keys_but_intent(channel, message)
+    return (*keys, intent_counter(message)) if message.intent_key else keys
+
+
+def _keys_but_intent(channel: str, message: MessageSpec) -> tuple[str, ...]:
     keys = ["any", f"ch:{channel}"]
     if message.category:
         keys.append(f"cat:{message.category}")
     keys.extend(f"tag:{tag}" for tag in sorted(set(message.tags)))
     if message.campaign_id:
         keys.append(f"cmp:{message.campaign_id}")
-    if message.intent_key:
-        keys.append(f"int:{message.intent_key}")
     return tuple(keys)
+
+
+def intent_counter(message: MessageSpec) -> str:
+    return f"int:{message.intent_key}"
 
 
 def scope_key(scope: Scope, channel: str, message: MessageSpec) -> str | None:
@@ -216,16 +238,17 @@ _MAX_WINDOWS = 4096
 
 def cached_calendar_window(
     kind: int, now: datetime, now_ms: int, zone: ZoneInfo
-) -> tuple[datetime, datetime]:
-    """`calendar_window`, remembered for as long as `now` stays inside the window."""
+) -> tuple[int, datetime]:
+    """The start (ms) and the end of `calendar_window`, remembered for as long as `now` stays
+    inside the window."""
     hit = _WINDOWS.get((kind, zone))
     if hit is not None and hit[0] <= now_ms < hit[1]:
-        return hit[2], hit[3]
+        return hit[0], hit[3]
     start, end = calendar_window(kind, now, zone)
     if len(_WINDOWS) >= _MAX_WINDOWS:
         _WINDOWS.clear()
     _WINDOWS[(kind, zone)] = (to_ms(start), to_ms(end), start, end)
-    return start, end
+    return to_ms(start), end
 
 
 def quiet_hours_end(
@@ -279,13 +302,13 @@ def consent_reason(
 
 def _shape(policy: CompiledPolicy, channel: str, message: MessageSpec) -> _Shape:
     """The rules that apply to `message` on `channel`, cached on the policy version."""
-    key = (channel, *message.rule_key())
+    key = (channel, *message.shape_key())
     shapes = policy.shapes
     found: _Shape | None = shapes.get(key)
     if found is not None:
         return found
     exempted = is_exempt(policy, message)
-    writes = message_keys(channel, message)
+    writes = _keys_but_intent(channel, message)
     checks: list[tuple[str, str, int, int, int]] = []
     infos: dict[str, _CheckInfo] = {}
     if exempted:
@@ -314,16 +337,16 @@ def _shape(policy: CompiledPolicy, channel: str, message: MessageSpec) -> _Shape
                 pb.REASON_CODE_MIN_GAP, gap.gap_ms, 0, 1, gap.action, f"message on {counter}"
             )
         if message.intent_key:
-            counter = f"int:{message.intent_key}"
             for dup in policy.duplicates:
-                checks.append((dup.rule_id, counter, pb.WINDOW_KIND_ROLLING, dup.window_ms, 1))
+                # The empty counter key stands for the message's own intent counter.
+                checks.append((dup.rule_id, "", pb.WINDOW_KIND_ROLLING, dup.window_ms, 1))
                 infos[dup.rule_id] = _CheckInfo(
                     pb.REASON_CODE_DUPLICATE_INTENT,
                     dup.window_ms,
                     0,
                     1,
                     DENY,
-                    f"message with intent {message.intent_key!r}",
+                    "message with intent",
                 )
     shape = _Shape(exempted, writes, tuple(checks), infos)
     if len(shapes) >= _MAX_SHAPES:
@@ -353,8 +376,10 @@ def plan_decision(
         if refused is not None:
             reasons.append(refused)
     shape = _shape(policy, channel, message)
+    intent = intent_counter(message) if message.intent_key else ""
+    writes = (*shape.writes, intent) if intent and shape.writes else shape.writes
     if shape.exempted:
-        return Plan(tuple(reasons), (), shape.writes, True, {}, {})
+        return Plan(tuple(reasons), (), writes, True, {}, {}, message.intent_key)
     zone = profile_zone(profile, policy)
     now_ms = to_ms(now)
     for rule in policy.quiet_hours:
@@ -392,12 +417,19 @@ def plan_decision(
         else:
             window = windows.get(kind)
             if window is None:
-                start, end = cached_calendar_window(kind, now, now_ms, zone)
-                window = windows[kind] = (to_ms(start), end)
+                window = windows[kind] = cached_calendar_window(kind, now, now_ms, zone)
             since = window[0]
-        checks.append(CounterCheck(rule_id, counter, since, limit))
+        checks.append(CounterCheck(rule_id, counter or intent, since, limit))
     calendar_ends = {kind: end for kind, (_, end) in windows.items()}
-    return Plan(tuple(reasons), tuple(checks), shape.writes, False, shape.infos, calendar_ends)
+    return Plan(
+        tuple(reasons),
+        tuple(checks),
+        writes,
+        False,
+        shape.infos,
+        calendar_ends,
+        message.intent_key,
+    )
 
 
 def _window_text(info: _CheckInfo) -> str:
@@ -424,7 +456,7 @@ def violation_reason(plan: Plan, violation: Violation) -> Reason:
     elif info.code == pb.REASON_CODE_MIN_GAP:
         text = f"last {info.noun} less than {timedelta(milliseconds=info.window_ms)} ago"
     else:
-        text = f"a {info.noun} went out {_window_text(info)}"
+        text = f"a {info.noun} {plan.intent_key!r} went out {_window_text(info)}"
     return Reason(
         code=info.code,
         rule_id=violation.rule_id,

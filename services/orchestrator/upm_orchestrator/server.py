@@ -58,9 +58,10 @@ class OrchestratorApp:
 
     async def close(self) -> None:
         await self.repository.close()
-        await self.store.close()
+        # The event log may share the store's Redis client: it closes first.
         if self.event_log is not None:
             await self.event_log.close()
+        await self.store.close()
         if self.redis is not None:
             await self.redis.aclose()
         for channel in self.channels:
@@ -90,11 +91,13 @@ class OrchestratorApp:
         )
 
 
-def build_store(settings: OrchestratorSettings, engine: AsyncEngine) -> FatigueStore:
+def build_store(
+    settings: OrchestratorSettings, engine: AsyncEngine, redis: Redis | None = None
+) -> FatigueStore:
     if settings.fatigue_backend == "redis":
         if not settings.redis_url:
             raise SettingsError("UPM_FATIGUE_BACKEND=redis needs UPM_REDIS_URL")
-        return RedisFatigueStore(create_redis(settings.redis_url))
+        return RedisFatigueStore(redis or create_redis(settings.redis_url))
     return SqlFatigueStore(engine)
 
 
@@ -119,7 +122,10 @@ async def build_orchestrator(
         channel = create_channel(settings.segment_address, settings)
         channels.append(channel)
         segments = GrpcSegmentDirectory(channel)
-    store = store or build_store(settings, engine)
+    # One Redis client, one pool of connections, for the fatigue ledger and the event log.
+    needs_redis = with_outcome_feed or (store is None and settings.fatigue_backend == "redis")
+    redis = create_redis(settings.redis_url) if settings.redis_url and needs_redis else None
+    store = store or build_store(settings, engine, redis)
     repository = Repository(engine)
     orchestrator = Orchestrator(
         store=store,
@@ -133,11 +139,7 @@ async def build_orchestrator(
     )
     followups = FollowUps(orchestrator, segments)
     servicer = OrchestratorServicer(orchestrator, followups)
-    redis = None
-    event_log = None
-    if with_outcome_feed:
-        redis = create_redis(settings.redis_url) if settings.redis_url else None
-        event_log = create_event_log(settings, engine, redis)
+    event_log = create_event_log(settings, engine, redis) if with_outcome_feed else None
     return OrchestratorApp(
         engine,
         store,

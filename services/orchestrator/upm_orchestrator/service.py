@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from upm.common.v1 import consent_pb2
 from upm.orchestrator.v1 import orchestrator_service_pb2 as pb
@@ -35,6 +36,10 @@ from upm_orchestrator.store.common import new_id, new_ids
 
 _OUTCOME_NAMES = {v: k.removeprefix("OUTCOME_").lower() for k, v in pb.Outcome.items()}
 _REASON_NAMES = {v: k.removeprefix("REASON_CODE_").lower() for k, v in pb.ReasonCode.items()}
+# Metric children by enum value, each looked up once: a label lookup on every decision cost
+# more than the counting.
+_DECISION_COUNTERS: dict[int, Any] = {}
+_HELD_BACK_COUNTERS: dict[int, Any] = {}
 PROFILE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 MAX_BATCH = 1000
 MAX_TAGS = 32
@@ -65,6 +70,13 @@ class _Item:
     policy_id: str
     profile: ProfileInfo | None = None
     plan: Plan | None = None
+
+
+def _counter(children: dict[int, Any], metric: Any, names: dict[Any, str], value: int) -> Any:
+    child = children.get(value)
+    if child is None:
+        child = children[value] = metric.labels(names[value])
+    return child
 
 
 def reason_to_pb(reason: Reason) -> pb.DecisionReason:
@@ -328,7 +340,10 @@ class Orchestrator:
         order = sorted(
             range(len(items)), key=lambda i: (items[i].profile_id, -items[i].message.priority)
         )
-        plans: dict[tuple[object, ...], Plan] = {}
+        # Plans and decision templates are shared by the decisions of one call: a call of one
+        # decision needs neither.
+        single = len(items) == 1
+        plans: dict[tuple[object, ...], Plan] | None = None if single else {}
         reserve_requests = [
             self._reserve_request(
                 items[i], now, dry_run=dry_run, decision_id=decision_id, plans=plans
@@ -339,7 +354,7 @@ class Orchestrator:
         decisions: list[pb.Decision | None] = [None] * len(items)
         fresh: list[tuple[_Item, pb.Decision]] = []
         replays: list[tuple[int, ReserveRequest, ReserveResult]] = []
-        templates: dict[tuple[object, ...], pb.Decision] = {}
+        templates: dict[tuple[object, ...], pb.Decision] | None = None if single else {}
         for index, request, result in zip(order, reserve_requests, results, strict=True):
             item = items[index]
             if result.replayed:
@@ -387,9 +402,9 @@ class Orchestrator:
             for reason in decision.reasons:
                 reasons[reason.code] += 1
         for outcome, count in outcomes.items():
-            DECISIONS.labels(_OUTCOME_NAMES[outcome]).inc(count)
+            _counter(_DECISION_COUNTERS, DECISIONS, _OUTCOME_NAMES, outcome).inc(count)
         for code, count in reasons.items():
-            HELD_BACK.labels(_REASON_NAMES[code]).inc(count)
+            _counter(_HELD_BACK_COUNTERS, HELD_BACK, _REASON_NAMES, code).inc(count)
 
     def _first_item(self, item: _Item, result: ReserveResult) -> _Item:
         """The request that first used `item`'s idempotency key, from what the store kept of
@@ -435,7 +450,8 @@ class Orchestrator:
     ) -> pb.Decision:
         """The decision for `result`. Decisions of one call that differ only in the person
         are copies of one template (`templates`, per call): copying a message is a third of
-        the cost of building it field by field."""
+        the cost of building it field by field. Without `templates` (a call of one decision)
+        the decision is built at once."""
         assert item.plan is not None
         meta = result.meta
         decide_ms = int(meta.get("t") or 0)
@@ -462,8 +478,11 @@ class Orchestrator:
                 template.reservation_expire_time.FromMilliseconds(result.expire_ms)
             if templates is not None:
                 templates[shape] = template
-        decision = pb.Decision()
-        decision.CopyFrom(template)
+        if templates is None:
+            decision = template
+        else:
+            decision = pb.Decision()
+            decision.CopyFrom(template)
         decision.decision_id = str(meta.get("d") or new_id())
         decision.profile_id = item.profile_id
         if result.reservation_id:

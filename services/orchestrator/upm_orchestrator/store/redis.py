@@ -227,9 +227,10 @@ class RedisFatigueStore:
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._namespace = namespace
         self._idle: list[Any] = []
-        # Single decisions made together share one pipeline, a few pipelines at most at once.
+        # Single decisions made together share one pipeline, a few pipelines at most at once;
+        # one alone goes at once from its own task.
         self._single: CallJoiner[None, ReserveRequest, ReserveResult] = CallJoiner(
-            lambda _, requests: self._execute(requests), max_running=4
+            lambda _, requests: self._execute(requests), max_running=4, inline_when_idle=True
         )
         self._transition = redis.register_script(TRANSITION_SCRIPT)
         self._count = redis.register_script(COUNT_SCRIPT)
