@@ -6,10 +6,11 @@ profile service at `rate` events/s: every 20 ms it inserts a slice of events (pu
 creative views, so memberships change) into the read model and appends the matching
 EVENT_APPLIED profile changes to the change feed (the SQL event log). The producer runs in its
 own process, as the profile service does; the membership worker consumes the feed concurrently
-in this one. For every membership change emitted while handling a batch of profile changes, the
-latency is the time from the append of the oldest change of that profile in the batch (its
-`change_time`) to the emission. Reported: p50/p99/max latency, changes emitted,
-and the feed's backlog at the end, beside the bare append rate of the log (its ceiling).
+in this one, with its production loop (`consume_forever`). For every membership change emitted
+while handling a batch of profile changes, the latency is the time from the append of the
+oldest change of that profile in the batch (its `change_time`) to the emission. Reported:
+p50/p99/max latency, changes emitted, and the feed's backlog at the end, beside the bare append
+rate of the log (its ceiling).
 Run: `python -m bench.segment_membership [--smoke]`.
 """
 
@@ -25,6 +26,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -109,6 +111,20 @@ async def _produce_async(
         await engine.dispose()
 
 
+@dataclass(frozen=True)
+class StampedNotice(ProfileNotice):
+    appended: float = 0.0  # the change's append time (`change_time`), in epoch seconds
+
+
+def _stamped(payload: bytes) -> ProfileNotice:
+    change = profile_pb.ProfileChange.FromString(payload)
+    notice = decode_profile_change(payload)
+    return StampedNotice(
+        **{f.name: getattr(notice, f.name) for f in fields(notice)},
+        appended=change.change_time.seconds + change.change_time.nanos / 1e9,
+    )
+
+
 def _percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
@@ -156,28 +172,28 @@ async def run(smoke: bool) -> dict[str, Any]:
                         latencies.append(emitted - appended)
                 super().publish(changes)
 
-        def decode(payload: bytes) -> ProfileNotice:
-            change = profile_pb.ProfileChange.FromString(payload)
-            stamp = change.change_time.seconds + change.change_time.nanos / 1e9
-            batch_times.setdefault(change.profile_id, stamp)
-            return decode_profile_change(payload)
+        class TimingWorker(MembershipWorker):
+            """Notes, for the batch being handled, the append time of each profile's oldest
+            change (the worker claims the next batch meanwhile, so decoding is too early)."""
+
+            async def handle(self, notices: Sequence[ProfileNotice]) -> list[pb.MembershipChange]:
+                batch_times.clear()
+                for notice in notices:
+                    assert isinstance(notice, StampedNotice)
+                    known = batch_times.get(notice.profile_id, notice.appended)
+                    batch_times[notice.profile_id] = min(known, notice.appended)
+                return await super().handle(notices)
 
         hub = TimingHub()
-        worker = MembershipWorker(
-            engine, store, log, hub, clock=clock, batch_size=2000, decode=decode
+        worker = TimingWorker(
+            engine, store, log, hub, clock=clock, batch_size=2000, decode=_stamped
         )
         materialize_started = time.perf_counter()
         await worker.refresh(force=True)
         materialize_seconds = time.perf_counter() - materialize_started
         latencies.clear()
 
-        async def consume() -> None:
-            while True:
-                batch_times.clear()
-                if not await worker.consume_once(block_seconds=0.01):
-                    await asyncio.sleep(0.005)
-
-        tasks = [asyncio.create_task(consume())]
+        tasks = [asyncio.create_task(worker.consume_forever(block_seconds=0.01))]
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(1, mp_context=context) as pool:
             produced, produce_seconds = await asyncio.get_running_loop().run_in_executor(

@@ -266,10 +266,20 @@ class SqlEventLog:
         async with self._engine.begin() as conn:
             if self._skip_locked:
                 # PostgreSQL: the deliveries and the entries no other group needs, at once.
+                # Plans must not come from a queue table's statistics, which it outgrows within
+                # seconds. The id range bounds the index scan: a generic plan tests
+                # `entry_id = ANY(...)` as a filter, comparing every delivery of the group with
+                # every id (0.45 s to ack 2,000 of 60,000 waiting). Custom plans: the foreign
+                # key's cascade check, planned once per connection while the table was small,
+                # scans every delivery for each deleted entry (1.4 s per 2,000 with 40,000
+                # waiting); planned for each call it looks the entry up in its index.
                 driver = await driver_connection(conn)
+                await driver.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+                keys = sorted(int(i) for i in ids)
                 await driver.execute(
                     "WITH d AS (DELETE FROM eventlog_deliveries"
-                    " WHERE topic = $1 AND group_name = $2 AND entry_id = ANY($3::bigint[])"
+                    " WHERE topic = $1 AND group_name = $2 AND entry_id BETWEEN $4 AND $5"
+                    " AND entry_id = ANY($3::bigint[])"
                     " RETURNING entry_id)"
                     " DELETE FROM eventlog_entries AS e"
                     " WHERE e.id = ANY(ARRAY(SELECT entry_id FROM d))"
@@ -277,7 +287,9 @@ class SqlEventLog:
                     " WHERE o.entry_id = e.id AND NOT (o.topic = $1 AND o.group_name = $2))",
                     topic,
                     group,
-                    [int(i) for i in ids],
+                    keys,
+                    keys[0],
+                    keys[-1],
                 )
                 return
             await self._remove(conn, topic, group, [int(i) for i in ids])

@@ -17,7 +17,7 @@ Semantics shared with the compiler:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -221,13 +221,18 @@ def evaluate(condition: m.Condition, profile: ProfileData, now: datetime) -> boo
     return _holds(condition, profile, _Matches(profile), now)
 
 
+Check = Callable[[ProfileData], bool]
+
+
 @dataclass(frozen=True)
 class Plan:
     """A resolved tree prepared for evaluating many profiles: its event nodes that have window
-    edges, with their offsets (see `next_edge`), found once."""
+    edges, with their offsets (see `next_edge`), found once; and its gate (see `gate_holds`),
+    compiled to plain functions."""
 
     condition: m.Condition
     edge_nodes: tuple[tuple[EventNode, tuple[timedelta, ...]], ...]
+    gate: tuple[Check, ...] = ()
 
 
 def plan(condition: m.Condition) -> Plan:
@@ -237,7 +242,66 @@ def plan(condition: m.Condition) -> Plan:
             offsets = _edge_offsets(node)
             if offsets:
                 nodes.append((node, tuple(offsets)))
-    return Plan(condition, tuple(nodes))
+    conjuncts = condition.conditions if isinstance(condition, m.And) else (condition,)
+    gate = tuple(_check(c) for c in conjuncts if not reads_events(c))
+    return Plan(condition, tuple(nodes), gate)
+
+
+def reads_events(condition: m.Condition) -> bool:
+    return any(isinstance(n, m.EventCondition | m.AggregateCondition) for n in m.walk(condition))
+
+
+def gate_holds(prepared: Plan, profile: ProfileData) -> bool:
+    """Whether the tree's top-level conjuncts that read no events (traits, consents,
+    identifiers) hold. When one fails the tree is false whatever the profile's events, and it
+    stays false until the profile changes (those conditions do not depend on `now`), so the
+    events need not be read and there is no window edge to wait for."""
+    return all(check(profile) for check in prepared.gate)
+
+
+def _check(node: m.Condition) -> Check:
+    """`_holds` of an event-free tree as a function of the profile, with what depends only on
+    the tree (the operand's kind) worked out once."""
+    if isinstance(node, m.And):
+        parts = tuple(_check(c) for c in node.conditions)
+        return lambda profile: all(part(profile) for part in parts)
+    if isinstance(node, m.Or):
+        parts = tuple(_check(c) for c in node.conditions)
+        return lambda profile: any(part(profile) for part in parts)
+    if isinstance(node, m.Not):
+        inner = _check(node.condition)
+        return lambda profile: not inner(profile)
+    if isinstance(node, m.TraitCondition):
+        return _trait_check(node)
+    if isinstance(node, m.IdentifierCondition):
+        kind, present = node.type, node.present
+        return lambda profile: (kind in profile.identifier_types) == present
+    if isinstance(node, m.ConsentCondition):
+        key, status = (node.channel, node.purpose), node.status
+        return lambda profile: profile.consents.get(key, "unknown") == status
+    raise ValueError(f"not an event-free condition: {node!r}")
+
+
+def _trait_check(node: m.TraitCondition) -> Check:
+    name, operator, values = node.name, node.operator, node.values
+    if operator in (m.Operator.EXISTS, m.Operator.NOT_EXISTS):
+
+        def exists(profile: ProfileData) -> bool:
+            trait = profile.traits.get(name)
+            present = trait is not None and trait.value_type != "null"
+            return compare(operator, present, None, ())
+
+        return exists
+    kind = m.value_kind(values[0])
+
+    def holds(profile: ProfileData) -> bool:
+        trait = profile.traits.get(name)
+        if trait is None or trait.value_type != kind:
+            return compare(operator, False, None, values)
+        actual = float(trait.value) if kind == "number" else trait.value
+        return compare(operator, True, actual, values)
+
+    return holds
 
 
 def evaluate_with_edges(

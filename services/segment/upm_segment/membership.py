@@ -13,11 +13,17 @@ Three things change a membership:
 Each change is appended to MEMBERSHIP_CHANGES (key: profile id) before the membership rows are
 committed and the input acknowledged, so a crash re-sends rather than loses a change (at least
 once; consumers may see a change twice). Changes are also published to in-process watchers.
+
+The hot path is per batch, not per change: on PostgreSQL one array statement per table
+(`store/pg_batch.py`), events read only for segments whose trait/consent/identifier gate holds,
+large batches split into lanes by profile id, and the next claim and the previous acknowledgement
+overlapped with the batch being handled (`consume_forever`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -29,9 +35,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from upm.profile.v1 import profile_service_pb2 as profile_pb
 from upm.segment.v1 import segment_service_pb2 as pb
+from upm_common.db import driver_connection
 from upm_common.eventlog import (
     MEMBERSHIP_CHANGES,
     PROFILE_CHANGES,
+    Delivery,
     EventLog,
     LogRecord,
     consumer_name,
@@ -40,11 +48,21 @@ from upm_common.protoconv import datetime_to_timestamp
 from upm_profile.store import tables as t
 from upm_segment import model as m
 from upm_segment.compile import SqlCompiler, prepare_read
-from upm_segment.evaluate import Plan, evaluate_with_edges, event_horizons, next_edge, plan
+from upm_segment.evaluate import (
+    Plan,
+    ProfileData,
+    evaluate_with_edges,
+    event_horizons,
+    gate_holds,
+    next_edge,
+    plan,
+)
 from upm_segment.resolve import resolve
 from upm_segment.service import Clock, utc_now
+from upm_segment.store import pg_batch
 from upm_segment.store.readmodel import event_ranges, live_profiles, load_profiles
 from upm_segment.store.sql import MembershipRow, SegmentRecord, SqlSegmentStore
+from upm_segment.store.tables import segment_definitions
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +70,13 @@ GROUP = "segment"
 CAUSE_PROFILE = "profile-change"
 CAUSE_EDGE = "window-edge"
 CAUSE_SEGMENT = "segment-change"
+# A batch of profile changes is split into lanes handled concurrently (one connection each,
+# so one lane's statements run while another evaluates) when each lane gets at least this
+# many profiles; below that the extra round trips cost more than they overlap.
+MIN_LANE_PROFILES = 200
+# A batch's events are read in groups of profiles by the event names they need; past this
+# many distinct groups one read for all of them costs less than a statement per group.
+MAX_READ_GROUPS = 3
 
 
 class MembershipHub:
@@ -120,6 +145,25 @@ def decode_profile_change(payload: bytes) -> ProfileNotice:
     )
 
 
+def _outcomes(
+    items: Sequence[ActiveSegment], data: ProfileData | None, now: datetime
+) -> list[tuple[bool, datetime | None]]:
+    """(member, next edge) of each segment for a profile (None: missing or merged away). A
+    segment whose gate fails is not a member and has no edge, whatever the events."""
+    if data is None:
+        return [(False, None)] * len(items)
+    passing = [s for s in items if gate_holds(s.plan, data)]
+    if not passing:
+        return [(False, None)] * len(items)
+    evaluated = iter(evaluate_with_edges([s.plan for s in passing], data, now))
+    passed = {id(s) for s in passing}
+    return [next(evaluated) if id(s) in passed else (False, None) for s in items]
+
+
+def _lane(profile_id: str, lanes: int) -> int:
+    return zlib.crc32(profile_id.encode()) % lanes
+
+
 def affected(segment: ActiveSegment, notice: ProfileNotice) -> bool:
     """Whether the change can alter the segment's membership of the profile."""
     deps = segment.deps
@@ -149,6 +193,7 @@ class MembershipWorker:
         scheduler_interval_seconds: float = 1.0,
         decode: Callable[[bytes], ProfileNotice] = decode_profile_change,
         group: str = GROUP,
+        lanes: int = 2,
     ) -> None:
         self.engine = engine
         self.read_engine = read_engine or engine
@@ -163,27 +208,52 @@ class MembershipWorker:
         self.scheduler_interval_seconds = scheduler_interval_seconds
         self.decode = decode
         self.group = group
+        self.lanes = max(1, lanes)
         self._segments: dict[str, ActiveSegment] = {}
         self._loaded_at: datetime | None = None
+        self._signature: tuple[tuple[str, str, int | None], ...] | None = None
+        self._needs_cache: dict[tuple[str, ...], pg_batch.Needs] = {}
 
     # --- loops ----------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Consume profile changes and run the scheduler until cancelled."""
         await self.event_log.ensure_group(PROFILE_CHANGES, self.group)
-        await asyncio.gather(self._consume_forever(), self._schedule_forever())
+        await asyncio.gather(self.consume_forever(), self._schedule_forever())
 
-    async def _consume_forever(self) -> None:
-        while True:
-            try:
-                handled = await self.consume_once(block_seconds=1.0)
-                if not handled:
-                    await self.refresh()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("membership worker batch failed; retrying")
-                await asyncio.sleep(1.0)
+    async def consume_forever(self, *, block_seconds: float = 1.0) -> None:
+        """Handle batches of profile changes until cancelled, one batch at a time in the order
+        they were claimed (so a profile's changes are handled in order), with the round trips
+        around a batch overlapped with it: the next batch is claimed while this one is
+        handled, and this one is acknowledged while the next is handled. A batch's effects are
+        stored before its acknowledgement starts; a lost acknowledgement only delivers the
+        batch again, and handling it again emits nothing new."""
+        claiming: asyncio.Task[list[Delivery]] | None = None
+        acking: asyncio.Task[None] | None = None
+        try:
+            while True:
+                try:
+                    claimed = claiming or asyncio.create_task(self._claim(block_seconds))
+                    claiming = None
+                    deliveries = await claimed
+                    if not deliveries:
+                        await self.refresh()
+                        continue
+                    claiming = asyncio.create_task(self._claim(block_seconds))
+                    await self.handle(self._decode(deliveries))
+                    if acking is not None:  # at most one acknowledgement in flight
+                        previous, acking = acking, None
+                        await previous
+                    acking = asyncio.create_task(self._ack(deliveries))
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("membership worker batch failed; retrying")
+                    await asyncio.sleep(1.0)
+        finally:
+            for task in (claiming, acking):
+                if task is not None:
+                    task.cancel()
 
     async def _schedule_forever(self) -> None:
         while True:
@@ -198,13 +268,20 @@ class MembershipWorker:
     # --- definitions ----------------------------------------------------------------------
 
     async def refresh(self, *, force: bool = False) -> dict[str, ActiveSegment]:
-        """Reload definitions (at most every refresh_seconds) and materialize changed ones."""
+        """Reload definitions (at most every refresh_seconds) and materialize changed ones.
+
+        Between reloads only each definition's etag and materialized version are read: the
+        definitions are parsed and resolved again only when one of them changed."""
         now = self.clock()
         if (
             not force
             and self._loaded_at is not None
             and (now - self._loaded_at).total_seconds() < self.refresh_seconds
         ):
+            return self._segments
+        self._loaded_at = now
+        signature = await self._definitions_signature()
+        if not force and signature == self._signature:
             return self._segments
         records = await self.store.all()
         definitions = {r.id: r.definition for r in records}
@@ -219,11 +296,23 @@ class MembershipWorker:
                 record, resolved, m.dependencies(resolved), plan(resolved)
             )
         self._segments = active
-        self._loaded_at = now
-        for segment in active.values():
-            if segment.record.materialized_version != segment.record.version:
-                await self.materialize(segment)
+        self._needs_cache = {}
+        self._signature = None
+        pending = [s for s in active.values() if s.record.materialized_version != s.record.version]
+        for segment in pending:
+            await self.materialize(segment)
+        # Read before the definitions, so a change made meanwhile makes the next check reload;
+        # after a materialization (or a failed one) the next check reloads too.
+        self._signature = None if pending else signature
         return active
+
+    async def _definitions_signature(self) -> tuple[tuple[str, str, int | None], ...]:
+        columns = segment_definitions.c
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(columns.id, columns.etag, columns.materialized_version).order_by(columns.id)
+            )
+            return tuple((row[0], row[1], row[2]) for row in rows)
 
     async def materialize(self, segment: ActiveSegment) -> list[pb.MembershipChange]:
         """Compute a (new or changed) segment's memberships for everyone."""
@@ -247,7 +336,8 @@ class MembershipWorker:
             for start in range(0, len(ordered), 2000):
                 loaded = await load_profiles(conn, ordered[start : start + 2000], events=horizons)
                 for profile_id, data in loaded.items():
-                    edges[profile_id] = next_edge(segment.resolved, data, now)
+                    if gate_holds(segment.plan, data):
+                        edges[profile_id] = next_edge(segment.resolved, data, now)
         async with self.engine.connect() as conn:
             before = await self.store.segment_members(conn, record.id)
         rows = [
@@ -273,7 +363,15 @@ class MembershipWorker:
 
     async def consume_once(self, *, block_seconds: float = 0.0) -> int:
         """Handle one claimed batch of profile changes; returns how many were claimed."""
-        deliveries = await self.event_log.claim(
+        deliveries = await self._claim(block_seconds)
+        if not deliveries:
+            return 0
+        await self.handle(self._decode(deliveries))
+        await self._ack(deliveries)
+        return len(deliveries)
+
+    async def _claim(self, block_seconds: float) -> list[Delivery]:
+        return await self.event_log.claim(
             PROFILE_CHANGES,
             self.group,
             self.consumer,
@@ -281,17 +379,18 @@ class MembershipWorker:
             lease_seconds=self.lease_seconds,
             block_seconds=block_seconds,
         )
-        if not deliveries:
-            return 0
+
+    def _decode(self, deliveries: Sequence[Delivery]) -> list[ProfileNotice]:
         notices = []
         for delivery in deliveries:
             try:
                 notices.append(self.decode(delivery.payload))
             except Exception:
                 log.warning("undecodable profile change skipped", id=delivery.id)
-        await self.handle(notices)
+        return notices
+
+    async def _ack(self, deliveries: Sequence[Delivery]) -> None:
         await self.event_log.ack(PROFILE_CHANGES, self.group, [d.id for d in deliveries])
-        return len(deliveries)
 
     async def handle(self, notices: Sequence[ProfileNotice]) -> list[pb.MembershipChange]:
         segments = await self.refresh()
@@ -308,12 +407,24 @@ class MembershipWorker:
                 sid for sid, segment in segments.items() if affected(segment, notice)
             )
         now = self.clock()
+        wanted = {pid: sids for pid, sids in todo.items() if sids and pid not in gone}
+        if self.lanes == 1 or len(wanted) + len(gone) < MIN_LANE_PROFILES * self.lanes:
+            return await self._handle_lane(gone, wanted, now)
+        # A profile's lane depends on its id alone, so no two lanes touch the same profile and
+        # its changes are still handled (and emitted) in order.
+        lanes: list[tuple[set[str], dict[str, set[str]]]] = [(set(), {}) for _ in range(self.lanes)]
+        for pid in gone:
+            lanes[_lane(pid, self.lanes)][0].add(pid)
+        for pid, sids in wanted.items():
+            lanes[_lane(pid, self.lanes)][1][pid] = sids
+        handled = await asyncio.gather(*(self._handle_lane(g, w, now) for g, w in lanes))
+        return [change for changes in handled for change in changes]
+
+    async def _handle_lane(
+        self, gone: set[str], wanted: dict[str, set[str]], now: datetime
+    ) -> list[pb.MembershipChange]:
         changes = await self._exit_all(gone, now)
-        changes += await self.evaluate_profiles(
-            {pid: sids for pid, sids in todo.items() if sids and pid not in gone},
-            now,
-            CAUSE_PROFILE,
-        )
+        changes += await self.evaluate_profiles(wanted, now, CAUSE_PROFILE)
         return changes
 
     async def _exit_all(
@@ -342,48 +453,90 @@ class MembershipWorker:
         self, todo: dict[str, set[str]], now: datetime, cause: str
     ) -> list[pb.MembershipChange]:
         """Re-evaluate the given segments of each profile and record what changed."""
-        if not todo:
-            return []
         segments = self._segments
-        results: list[MembershipRow] = []
         chosen = {
             pid: [segments[sid] for sid in sorted(sids) if sid in segments]
             for pid, sids in todo.items()
         }
+        chosen = {pid: items for pid, items in chosen.items() if items}
+        if not chosen:
+            return []
+        if self.read_engine.dialect.name == "postgresql":
+            loaded, stored = await self._read_postgres(chosen, now)
+        else:
+            loaded, stored = await self._read_portable(chosen, now)
+        changes = []
+        writes = []
+        for profile_id, items in chosen.items():
+            data = loaded.get(profile_id)
+            for segment, (member, edge) in zip(items, _outcomes(items, data, now), strict=True):
+                record = segment.record
+                result = MembershipRow(record.id, profile_id, member, record.version, edge)
+                previous = stored.get((record.id, profile_id))
+                was_member = previous is not None and previous.member
+                if member != was_member:
+                    changes.append(self._change(record, profile_id, member, now, cause))
+                if previous != result:  # same key: member, version or next check differs
+                    writes.append(result)
+        await self._commit(writes, changes, now)
+        return changes
+
+    async def _read_portable(
+        self, chosen: dict[str, list[ActiveSegment]], now: datetime
+    ) -> tuple[dict[str, ProfileData], dict[tuple[str, str], MembershipRow]]:
+        """The profiles' data (live ones only) and their stored rows, on any dialect."""
         used = {s.record.id: s.resolved for items in chosen.values() for s in items}
         horizons = event_horizons(used.values(), now)
         async with self.read_engine.connect() as conn:
             live = await live_profiles(conn, list(chosen))
             loaded = await load_profiles(conn, live, events=horizons)
-        for profile_id, items in chosen.items():
-            data = loaded.get(profile_id)
-            outcomes = (
-                evaluate_with_edges([s.plan for s in items], data, now)
-                if data is not None
-                else [(False, None)] * len(items)
-            )
-            for segment, (member, edge) in zip(items, outcomes, strict=True):
-                results.append(
-                    MembershipRow(
-                        segment.record.id, profile_id, member, segment.record.version, edge
-                    )
-                )
         async with self.engine.connect() as conn:
             stored = await self.store.memberships(
-                conn, [(r.segment_id, r.profile_id) for r in results]
+                conn, [(s.record.id, pid) for pid, items in chosen.items() for s in items]
             )
-        changes = []
-        writes = []
-        for result in results:
-            previous = stored.get((result.segment_id, result.profile_id))
-            was_member = previous is not None and previous.member
-            if result.member != was_member:
-                record = segments[result.segment_id].record
-                changes.append(self._change(record, result.profile_id, result.member, now, cause))
-            if previous != result:  # same key: member, version or next check differs
-                writes.append(result)
-        await self._commit(writes, changes, now)
-        return changes
+        return loaded, stored
+
+    async def _read_postgres(
+        self, chosen: dict[str, list[ActiveSegment]], now: datetime
+    ) -> tuple[dict[str, ProfileData], dict[tuple[str, str], MembershipRow]]:
+        """`_read_portable` with one array statement per table, on one connection when the read
+        model is in the service database. Traits, consents and identifiers come first; events
+        are then read only for the segments whose gate holds (`gate_holds`), each profile only
+        the event names those segments refer to."""
+        async with self.read_engine.connect() as conn:
+            driver = await driver_connection(conn)
+            used = tuple(sorted({s.record.id for items in chosen.values() for s in items}))
+            loaded = await pg_batch.load_live(driver, chosen, self._needs(used))
+            # Per segment, the event names it reads from their horizons; per profile, the
+            # names of the segments whose gate holds.
+            reach = {sid: event_horizons([self._segments[sid].resolved], now) for sid in used}
+            groups: dict[tuple[str, ...], list[str]] = defaultdict(list)
+            for pid, data in loaded.items():
+                names = {
+                    name
+                    for s in chosen[pid]
+                    if gate_holds(s.plan, data)
+                    for name in reach[s.record.id]
+                }
+                if names:
+                    groups[tuple(sorted(names))].append(pid)
+            for key, pids in pg_batch.merge_groups(groups, MAX_READ_GROUPS).items():
+                horizons = pg_batch.earliest(list(reach.values()), key)
+                await pg_batch.load_events(driver, {pid: loaded[pid] for pid in pids}, horizons)
+            if self.read_engine is self.engine:
+                await pg_batch.plan_for_arguments(driver)
+                return loaded, await pg_batch.stored_rows(driver, chosen)
+        async with self.engine.connect() as conn:
+            driver = await driver_connection(conn)
+            await pg_batch.plan_for_arguments(driver)
+            return loaded, await pg_batch.stored_rows(driver, chosen)
+
+    def _needs(self, segment_ids: tuple[str, ...]) -> pg_batch.Needs:
+        needs = self._needs_cache.get(segment_ids)
+        if needs is None:
+            needs = pg_batch.needs_of(self._segments[sid].resolved for sid in segment_ids)
+            self._needs_cache[segment_ids] = needs
+        return needs
 
     # --- time -----------------------------------------------------------------------------
 
@@ -430,6 +583,11 @@ class MembershipWorker:
             )
         if rows:
             async with self.engine.begin() as conn:
-                await self.store.save_memberships(conn, rows, now)
+                if conn.dialect.name == "postgresql":
+                    driver = await driver_connection(conn)
+                    await pg_batch.plan_for_arguments(driver)
+                    await pg_batch.save_rows(driver, rows, now)
+                else:
+                    await self.store.save_memberships(conn, rows, now)
         if changes:
             self.hub.publish(changes)

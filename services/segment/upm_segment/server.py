@@ -46,6 +46,7 @@ async def build_segment(settings: SegmentSettings) -> SegmentRuntime:
         hub,
         group=settings.segment_consumer_group,
         batch_size=settings.segment_worker_batch_size,
+        lanes=settings.segment_worker_lanes,
         lease_seconds=settings.segment_lease_seconds,
         refresh_seconds=settings.segment_refresh_seconds,
         scheduler_interval_seconds=settings.segment_scheduler_interval_seconds,

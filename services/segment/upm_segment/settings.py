@@ -17,6 +17,13 @@ class SegmentSettings(CommonSettings):
     segment_worker_batch_size: int = Field(
         default=500, ge=1, le=10_000, description="Profile changes the membership worker claims."
     )
+    segment_worker_lanes: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="Lanes a large batch of profile changes is split into, by profile id, "
+        "and handled concurrently.",
+    )
     segment_lease_seconds: float = Field(
         default=60.0, gt=0, le=3600, description="How long a claimed batch stays leased."
     )
