@@ -3,13 +3,16 @@
 The mix follows the issue: 60% anonymous page views, 20% identified tracks, 10% identifies that
 link an anonymous id to a known user (with traits), 10% purchases (`Order Completed`). A feeder
 appends the events to the SQL event log as ingest does, keeping at most UPM_BENCH_PROFILE_BACKLOG
-(10,000) waiting, while ProfileWorkers in several processes consume it through the real worker
-path: claim, decode, identity resolution, traits, aggregates, change feed, acknowledge. The rate
-is events over the time from the workers' start to the last acknowledgement. The ceiling is a
-COPY of the same number of rows into a bare table shaped like profile_events, measured on the
-same database in the same run. Each run uses a fresh database; the figures are those of the
-median run (all runs are listed). Tune with UPM_BENCH_PROFILE_PROCESSES / _WORKERS (per
-process) / _BATCH / _BACKLOG.
+(10,000) waiting, while ProfileWorkers in several processes consume it through the service's
+consuming loop (`ProfileWorker.consume`, what `run` does): claim, decode, identity resolution,
+traits, aggregates, change feed, acknowledge, each batch acknowledged while the next one is
+claimed and applied. The batch size is the service's default. The rate is events over the
+time from the workers' start to the last acknowledgement. Beside it: the CPU the workers and
+their PostgreSQL backends spent per event (read from /proc; the wall-clock rate moves with the
+machine's other load). The ceiling is a COPY of the same number of rows into a bare table shaped
+like profile_events, measured on the same database in the same run. Each run uses a fresh
+database; the figures are those of the median run (all runs are listed). Tune with
+UPM_BENCH_PROFILE_PROCESSES / _WORKERS (per process) / _BATCH / _BACKLOG.
 
 A second measure appends events to the SQL event log at a fixed rate while two worker processes
 consume it, and reports the latency from the append being acknowledged to the commit of the
@@ -32,10 +35,13 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from google.protobuf import struct_pb2
+from sqlalchemy import event as sa_event
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from upm.common.v1 import event_pb2
 from upm_common.db import create_engine
@@ -45,12 +51,19 @@ from upm_common.migrations import upgrade
 from upm_profile.changes import SqlLogPublisher
 from upm_profile.effects import EventEffects, public_event_id
 from upm_profile.identifiers import BlockList
+from upm_profile.settings import ProfileSettings
 from upm_profile.store.base import ApplyResult
 from upm_profile.store.sql import SqlProfileStore
 from upm_profile.store.tables import applied_events, profiles
 from upm_profile.worker import GROUP, ProfileWorker
 
-BATCH = int(os.environ.get("UPM_BENCH_PROFILE_BATCH", "1000"))
+# The service's default batch size unless told otherwise.
+BATCH = int(
+    os.environ.get(
+        "UPM_BENCH_PROFILE_BATCH",
+        str(ProfileSettings.model_fields["profile_worker_batch_size"].default),
+    )
+)
 PROCESSES = int(os.environ.get("UPM_BENCH_PROFILE_PROCESSES", "2"))
 # One worker per process, as the service's default (UPM_PROFILE_WORKER_CONCURRENCY): two in one
 # process measured slower, since they queue behind each other's identifier locks.
@@ -58,8 +71,11 @@ TASKS_PER_PROCESS = int(os.environ.get("UPM_BENCH_PROFILE_WORKERS", "1"))
 # Events waiting in the log at most while the feeder appends (the streaming load).
 BACKLOG = int(os.environ.get("UPM_BENCH_PROFILE_BACKLOG", "10000"))
 FEED_CHUNK = 2_000
+PENDING_POLL_SECONDS = 0.1
+# How long a worker's claim waits for events when the log is empty (the log polls meanwhile).
+IDLE_POLL_SECONDS = 0.05
 LATENCY_PROCESSES = 2
-LATENCY_BATCH = 500
+LATENCY_BATCH = BATCH
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -144,19 +160,24 @@ async def _drop_database(name: str) -> None:
         await conn.close()
 
 
-async def _feed_log(url: str, payloads: Sequence[bytes], keys: Sequence[str], done: Any) -> float:
+async def _feed_log(
+    url: str, payloads: Sequence[bytes], keys: Sequence[str], done: Any
+) -> tuple[float, float | None]:
     """Append every event to the SQL event log as ingest does, keeping at most BACKLOG events
     waiting (a streaming load, not one huge backlog); sets `done` after the last append.
-    Returns the seconds spent appending."""
+    Returns the seconds spent appending and the CPU seconds of its database backend."""
     engine = create_engine(url)
     log = SqlEventLog(engine)
+    backend = _BackendCpu(engine)
     spent = 0.0
     try:
         for offset in range(0, len(payloads), FEED_CHUNK):
             while offset >= BACKLOG:
                 if await log.pending(EVENTS, GROUP) <= BACKLOG - FEED_CHUNK:
                     break
-                await asyncio.sleep(0.02)
+                # Counting the waiting deliveries scans them: polled often, the feeder took a
+                # share of the CPU the workers are measured on.
+                await asyncio.sleep(PENDING_POLL_SECONDS)
             started = time.perf_counter()
             await log.append(
                 EVENTS,
@@ -172,8 +193,32 @@ async def _feed_log(url: str, payloads: Sequence[bytes], keys: Sequence[str], do
             spent += time.perf_counter() - started
     finally:
         done.set()
+        db_cpu = backend.seconds()
         await engine.dispose()
-    return spent
+    return spent, db_cpu
+
+
+class _BackendCpu:
+    """CPU seconds used by the PostgreSQL backends of an engine's connections, read from /proc
+    (the benchmark's server runs on this machine); None when /proc does not show them. The
+    wall-clock rate moves with the machine's other load, CPU per event much less."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.pids: list[int] = []
+
+        @sa_event.listens_for(engine.sync_engine, "connect")
+        def _record(dbapi_connection: Any, _record: Any) -> None:
+            self.pids.append(dbapi_connection.driver_connection.get_server_pid())
+
+    def seconds(self) -> float | None:
+        total = 0.0
+        for pid in self.pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                return None
+            total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+        return total / os.sysconf("SC_CLK_TCK")
 
 
 class _TimedLog(SqlEventLog):
@@ -203,8 +248,10 @@ async def _drain_share(url: str, tasks: int, batch: int, done: Any) -> dict[str,
     """One process: `tasks` ProfileWorkers (own engine each) claiming, applying and
     acknowledging until the feed is done and the log holds nothing unclaimed."""
     workers = []
+    backends = []
     for index in range(tasks):
         engine = create_engine(url)
+        backends.append(_BackendCpu(engine))
         store = SqlProfileStore(engine, SqlLogPublisher(SqlEventLog(engine)))
         workers.append(
             ProfileWorker(
@@ -215,23 +262,17 @@ async def _drain_share(url: str, tasks: int, batch: int, done: Any) -> dict[str,
                 batch_size=batch,
             )
         )
-    handled = 0
-
-    async def drain(worker: ProfileWorker) -> None:
-        nonlocal handled
-        while True:
-            count = await worker.run_once()
-            handled += count
-            if not count:
-                if done.is_set() and not await worker.run_once():
-                    return
-                await asyncio.sleep(0.005)
-
     started = time.time()
     cpu = time.process_time()
-    await asyncio.gather(*(drain(w) for w in workers))
+    # The service's consuming loop (ProfileWorker.run), stopping once the feed is done and a
+    # claim finds nothing left.
+    counts = await asyncio.gather(
+        *(w.consume(block_seconds=IDLE_POLL_SECONDS, until=done.is_set) for w in workers)
+    )
+    handled = sum(counts)
     finished = time.time()
     cpu = time.process_time() - cpu
+    db_cpu = [b.seconds() for b in backends]
     for worker in workers:
         await worker.store.engine.dispose()
     return {
@@ -239,6 +280,7 @@ async def _drain_share(url: str, tasks: int, batch: int, done: Any) -> dict[str,
         "started": started,
         "finished": finished,
         "cpu": cpu,
+        "db_cpu": None if None in db_cpu else sum(c for c in db_cpu if c is not None),
         "claim": _TimedLog.claim_seconds,
         "ack": _TimedLog.ack_seconds,
     }
@@ -270,8 +312,9 @@ async def _apply_throughput(
                 for _ in range(processes)
             )
         )
-        append_seconds = await feeding
+        append_seconds, feed_db_cpu = await feeding
     seconds = max(p["finished"] for p in parts) - min(p["started"] for p in parts)
+    db_cpu = None if any(p["db_cpu"] is None for p in parts) else sum(p["db_cpu"] for p in parts)
     engine = create_engine(url)
     try:
         log = SqlEventLog(engine)
@@ -293,6 +336,12 @@ async def _apply_throughput(
         "seconds": round(seconds, 3),
         "events_per_second": round(len(payloads) / seconds),
         "worker_cpu_seconds": round(sum(p["cpu"] for p in parts), 2),
+        # CPU of the workers' PostgreSQL backends (claim, apply, ack) and both per event.
+        "worker_db_cpu_seconds": None if db_cpu is None else round(db_cpu, 2),
+        "cpu_us_per_event": None
+        if db_cpu is None
+        else round((db_cpu + sum(p["cpu"] for p in parts)) / len(payloads) * 1e6),
+        "feeder_db_cpu_seconds": None if feed_db_cpu is None else round(feed_db_cpu, 2),
         # Summed over workers: time spent in claim and in ack (the rest is decode + apply).
         "worker_claim_seconds": round(sum(p["claim"] for p in parts), 2),
         "worker_ack_seconds": round(sum(p["ack"] for p in parts), 2),
@@ -366,11 +415,7 @@ async def _latency_share(url: str, batch: int, done: Any) -> dict[str, float]:
         batch_size=batch,
     )
     try:
-        while True:
-            if not await worker.run_once(block_seconds=0.05):
-                if done.is_set() and not await worker.run_once():
-                    break
-                await asyncio.sleep(0.002)
+        await worker.consume(block_seconds=IDLE_POLL_SECONDS, until=done.is_set)
     finally:
         await engine.dispose()
     return committed

@@ -116,20 +116,14 @@ def _plain_message(message: Any) -> dict[str, Any] | None:
     such messages (an event's context, on the hot path); None for anything else."""
     out: dict[str, Any] = {}
     for spec, value in message.ListFields():
-        if spec.is_repeated:
-            entry = spec.message_type
-            if (
-                entry is None
-                or not entry.GetOptions().map_entry
-                or entry.fields_by_name["value"].type != _STRING
-            ):
-                return None
-            out[spec.json_name] = dict(value)
-        elif spec.type in {_STRING, _BOOL}:
+        kind = _FIELD_KINDS.get(spec)
+        if kind is None:
+            kind = _FIELD_KINDS[spec] = _field_kind(spec)
+        if kind is _SCALAR:
             out[spec.json_name] = value
-        elif spec.type == _MESSAGE and not spec.message_type.full_name.startswith(
-            "google.protobuf."
-        ):
+        elif kind is _STRING_MAP:
+            out[spec.json_name] = dict(value)
+        elif kind is _NESTED:
             nested = _plain_message(value)
             if nested is None:
                 return None
@@ -137,6 +131,29 @@ def _plain_message(message: Any) -> dict[str, Any] | None:
         else:
             return None
     return out
+
+
+_SCALAR, _STRING_MAP, _NESTED, _OTHER = "scalar", "string_map", "nested", "other"
+# How `_plain_message` converts each field, decided once per field descriptor (the checks read
+# descriptor options, which costs more than the conversion itself).
+_FIELD_KINDS: dict[Any, str] = {}
+
+
+def _field_kind(spec: Any) -> str:
+    if spec.is_repeated:
+        entry = spec.message_type
+        if (
+            entry is None
+            or not entry.GetOptions().map_entry
+            or entry.fields_by_name["value"].type != _STRING
+        ):
+            return _OTHER
+        return _STRING_MAP
+    if spec.type in {_STRING, _BOOL}:
+        return _SCALAR
+    if spec.type == _MESSAGE and not spec.message_type.full_name.startswith("google.protobuf."):
+        return _NESTED
+    return _OTHER
 
 
 def _struct(message: struct_pb2.Struct) -> dict[str, Any]:

@@ -65,6 +65,10 @@ class Conflict:
     event_id: str
 
 
+_NOTHING_HELD: dict[str, set[str]] = {}
+_NO_VALUES: frozenset[str] = frozenset()
+
+
 def new_profile_id() -> str:
     return uuid.uuid4().hex
 
@@ -103,9 +107,11 @@ class Resolver:
 
     def _fits(self, pid: str, keys: list[IdentifierKey], extra_count: int) -> str | None:
         """None when `pid` can take `keys` (plus `extra_count` identifiers), else the guard."""
-        held = self._limited_of(pid)
+        held = self.limited.get(pid, _NOTHING_HELD)
         for kind, limit in self.guards.type_limits.items():
-            values = held.get(kind, set()) | {k.value for k in keys if k.type == kind}
+            values = held.get(kind, _NO_VALUES)
+            if keys:
+                values = values | {k.value for k in keys if k.type == kind}
             if len(values) > limit:
                 return f"{kind}_limit"
         if self.counts.get(pid, 0) + extra_count > self.guards.max_identifiers:

@@ -90,6 +90,8 @@ _TX_CHANGES: contextvars.ContextVar[list[pb.ProfileChange] | None] = contextvars
 _RETRY_SQLSTATES = {"40P01", "40001", "23505"}
 _CHUNK = 1000
 _FAR = 1 << 30
+# The rows (type, value) of a JSON parameter `[[type, value], ...]`.
+_KEY_ROWS = "SELECT r->>0 AS type, r->>1 AS value FROM json_array_elements({}::json) AS r"
 
 
 _Loaded = tuple[
@@ -224,8 +226,9 @@ class SqlProfileStore:
             # One statement takes every lock of the batch, in sorted order (no lock cycles).
             driver = await driver_connection(conn)
             await driver.execute(
-                "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k",
-                lock_ids,
+                "SELECT pg_advisory_xact_lock(k) FROM"
+                " (SELECT json_array_elements_text($1::json)::bigint AS k) AS l ORDER BY k",
+                _json(lock_ids),
             )
 
     async def _lock_profiles(self, conn: AsyncConnection, profile_ids: Iterable[str]) -> None:
@@ -533,21 +536,24 @@ class SqlProfileStore:
         revoked edges in one statement; the owners' profiles locked (sorted); the owners read
         again with the guards' data (again while new owners appear)."""
         driver = await driver_connection(conn)
-        by_hash = {k.suppression_hash(): k for k in keys}
+        # The identifiers go as one JSON document of [type, value] pairs, read by both
+        # statements below: asyncpg encodes an array parameter element by element in Python,
+        # which cost more than the rest of the load. The suppression list holds SHA-256 hex of
+        # `type:value`, computed here by the database.
+        key_rows = _json([(k.type, k.value) for k in keys])
         rows = await driver.fetch(
-            "SELECT 's', identifier_hash, NULL, NULL FROM profile_suppressions"
-            " WHERE identifier_hash = ANY($1::text[])"
+            f"WITH k AS ({_KEY_ROWS.format('$2')})"
+            " SELECT 's', k.type, k.value, NULL FROM k JOIN profile_suppressions AS s"
+            " ON s.identifier_hash"
+            " = encode(sha256(convert_to(k.type || ':' || k.value, 'UTF8')), 'hex')"
             " UNION ALL SELECT 'a', id, NULL, NULL FROM profile_applied_events"
-            " WHERE id = ANY($2::text[])"
+            " WHERE id IN (SELECT json_array_elements_text($1::json))"
             " UNION ALL SELECT 'o', i.type, i.value, i.profile_id FROM profile_identifiers AS i"
-            " JOIN unnest($3::text[], $4::text[]) AS k(type, value)"
-            " ON i.type = k.type AND i.value = k.value"
+            " JOIN k ON i.type = k.type AND i.value = k.value"
             " UNION ALL (SELECT 'r', NULL, NULL, NULL FROM profile_identity_edges"
             " WHERE revoked_time IS NOT NULL LIMIT 1)",
-            list(by_hash),
-            [e.id for e in items],
-            [k.type for k in keys],
-            [k.value for k in keys],
+            _json([e.id for e in items]),
+            key_rows,
         )
         suppressed_keys: set[IdentifierKey] = set()
         applied: set[str] = set()
@@ -559,7 +565,7 @@ class SqlProfileStore:
             elif kind == "a":
                 applied.add(a)
             elif kind == "s":
-                suppressed_keys.add(by_hash[a])
+                suppressed_keys.add(IdentifierKey(a, b))
             else:
                 any_revoked = True
         suppressed = (
@@ -591,17 +597,16 @@ class SqlProfileStore:
             owners, limited, counts = {}, {}, {}
             for type_, value, pid, count, types, values in await driver.fetch(
                 "WITH o AS (SELECT i.type, i.value, i.profile_id FROM profile_identifiers AS i"
-                " JOIN unnest($1::text[], $2::text[]) AS k(type, value)"
+                f" JOIN ({_KEY_ROWS.format('$1')}) AS k"
                 " ON i.type = k.type AND i.value = k.value)"
                 " SELECT type, value, profile_id, NULL::int, NULL::text[], NULL::text[] FROM o"
                 " UNION ALL SELECT NULL, NULL, profile_id, count(*)::int,"
-                " array_agg(type) FILTER (WHERE type = ANY($4::text[])),"
-                " array_agg(value) FILTER (WHERE type = ANY($4::text[]))"
+                " array_agg(type) FILTER (WHERE type = ANY($3::text[])),"
+                " array_agg(value) FILTER (WHERE type = ANY($3::text[]))"
                 " FROM profile_identifiers WHERE profile_id IN"
-                " (SELECT profile_id FROM o UNION SELECT unnest($3::text[]))"
+                " (SELECT profile_id FROM o UNION SELECT unnest($2::text[]))"
                 " GROUP BY profile_id",
-                [k.type for k in keys],
-                [k.value for k in keys],
+                key_rows,
                 explicit,
                 limited_types,
             ):

@@ -1,0 +1,99 @@
+"""The worker's consuming loop: a batch is acknowledged while the next one is applied."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.profile.conftest import make_event, make_store
+from upm_common.eventlog import EVENTS, LogRecord
+from upm_profile.identifiers import BlockList, IdentifierKey
+from upm_profile.store.tables import event_counts, events, profiles
+from upm_profile.worker import GROUP, ProfileWorker
+
+
+@pytest.mark.postgres
+async def test_workers_consuming_a_streaming_log_apply_each_event_once(pg_url: str) -> None:
+    """Three consuming loops drain a log that is appended to while they run, with redelivered
+    duplicates: every event is applied once, each person ends as one profile, nothing waits."""
+    store, log = await make_store(pg_url)
+    await log.ensure_group(EVENTS, GROUP)
+    people = 30
+    generated = []
+    for person in range(people):
+        anon = f"anon-{person}"
+        generated += [make_event("page", anonymous_id=anon, name="Home") for _ in range(3)]
+        generated.append(make_event("identify", user_id=f"user-{person}", anonymous_id=anon))
+        generated += [make_event("track", user_id=f"user-{person}", event="Seen") for _ in range(2)]
+    records = [
+        LogRecord(key=e.anonymous_id or e.user_id, payload=e.SerializeToString()) for e in generated
+    ]
+    feed_done = asyncio.Event()
+    workers = [
+        ProfileWorker(
+            (await make_store(pg_url))[0],
+            log,
+            blocklist=BlockList(),
+            consumer=f"w{i}",
+            batch_size=7,
+        )
+        for i in range(3)
+    ]
+
+    async def feed() -> None:
+        # Every record once in small appends, then the first 20 again (a redelivery).
+        for start in range(0, len(records), 10):
+            await log.append(EVENTS, records[start : start + 10])
+            await asyncio.sleep(0.005)
+        await log.append(EVENTS, records[:20])
+        feed_done.set()
+
+    try:
+        handled = await asyncio.gather(
+            feed(),
+            *(w.consume(block_seconds=0.05, until=feed_done.is_set) for w in workers),
+        )
+        assert sum(handled[1:]) == len(records) + 20
+        assert await log.pending(EVENTS, GROUP) == 0
+        async with store.engine.connect() as conn:
+            live = await conn.scalar(
+                select(func.count()).select_from(profiles).where(profiles.c.merged_into.is_(None))
+            )
+            stored = await conn.scalar(select(func.count()).select_from(events))
+            counted = await conn.scalar(select(func.sum(event_counts.c.count)))
+        assert live == people
+        assert stored == len(generated)
+        assert counted == len(generated) - people  # identifies are not counted
+    finally:
+        await store.engine.dispose()
+        for w in workers:
+            await w.store.engine.dispose()
+
+
+async def test_consuming_loop_leaves_a_failing_event_unacknowledged(sqlite_url: str) -> None:
+    store, log = await make_store(sqlite_url)
+    await log.ensure_group(EVENTS, GROUP)
+    good = make_event("track", anonymous_id="c-ok", event="Fine")
+    bad = make_event("track", anonymous_id="c-bad", event="Boom")
+    await log.append(
+        EVENTS, [LogRecord(key="k", payload=e.SerializeToString()) for e in (good, bad)]
+    )
+    real_apply = store.apply
+
+    async def flaky_apply(batch):  # type: ignore[no-untyped-def]
+        if any(e.name == "Boom" for e in batch):
+            raise RuntimeError("poison")
+        return await real_apply(batch)
+
+    store.apply = flaky_apply  # type: ignore[method-assign]
+    worker = ProfileWorker(store, log, blocklist=BlockList(), consumer="w")
+    try:
+        # Stops at the first claim that finds nothing: the failing event stays leased.
+        assert await worker.consume(block_seconds=0.0, until=lambda: True) == 2
+        assert await store.owner_of(IdentifierKey("anonymous_id", "c-ok")) is not None
+        assert await store.owner_of(IdentifierKey("anonymous_id", "c-bad")) is None
+        assert await log.pending(EVENTS, GROUP) == 1
+    finally:
+        await store.engine.dispose()
