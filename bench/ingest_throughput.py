@@ -11,16 +11,22 @@ Measured in one run, on one machine:
 - redis_dedup_xadd: every Redis command the service sends for a batch (the append that sets
   each event's dedup mark, `SET NX EX`, and XADDs only the new ones, one script call per
   partition) and nothing else: the ceiling of the whole Redis side.
-Beside each door's events/s, the ingest server's CPU time per event in that phase (from /proc):
-on a shared machine the steadier figure. Then the p50 / p99 acknowledgement latency of one
-batch at half the measured throughput, in an open loop (batches sent on a fixed schedule, not
-waiting for each other), with batches of 100 events (what Segment's server libraries flush
-at); the throughput phase sends batches of 500 with 8 in flight.
+Beside each door's events/s, the ingest server's CPU time per event in that phase (from /proc): on
+a shared machine the steadier figure; and the share of the phase's wall time the server spent on a
+CPU (`*_server_core_pct`) and runnable but waiting for one (`*_server_runqueue_pct`, from
+/proc/<pid>/task/*/schedstat). Their sum near 100 means the server always had work and only the
+machine's other load held it back; what is missing from 100 is time it sat idle, waiting for the
+client or Redis (the shares add up all the server's threads, so their sum can pass 100 a little).
+Then the p50 / p99 acknowledgement latency of one batch at half the measured throughput, in an open
+loop (batches sent on a fixed schedule, not waiting for each other), with batches of 100 events
+(what Segment's server libraries flush at); the throughput phase sends batches of 500 with 8 in
+flight.
 
 Servers run in their own processes (the client is this process), so on a 2-core machine the
 service gets one core and the load generator the other. Figures are medians of `runs` runs.
 Every Redis key a run creates starts with `upmbench-ingest:<run id>:` and is deleted at the end.
-Run: `python -m bench.ingest_throughput` (or through `python -m bench`); needs Redis
+Run: `python -m bench.ingest_throughput [--smoke] [--http-only]` (or through `python -m bench`;
+`--http-only` skips the gRPC phases while working on the collector); needs Redis
 (UPM_BENCH_REDIS_URL, else UPM_TEST_REDIS_URL, else redis://127.0.0.1:6379/0).
 """
 
@@ -268,6 +274,25 @@ class Child:
             return None
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def scheduler_seconds(self) -> tuple[float, float] | None:
+        """(seconds on a CPU, seconds runnable but waiting for one) of all the child's threads,
+        from /proc/<pid>/task/*/schedstat; None where the kernel does not keep them."""
+        assert self.process is not None
+        running = waiting = 0
+        try:
+            threads = os.listdir(f"/proc/{self.process.pid}/task")
+        except OSError:
+            return None
+        for thread in threads:
+            try:
+                fields = Path(f"/proc/{self.process.pid}/task/{thread}/schedstat").read_text()
+            except OSError:
+                continue  # a thread that ended meanwhile
+            on_cpu, queued, _ = fields.split()
+            running += int(on_cpu)
+            waiting += int(queued)
+        return running / 1e9, waiting / 1e9
+
     async def __aexit__(self, *exc: object) -> None:
         assert self.process is not None and self.process.stdin is not None
         self.process.stdin.close()
@@ -335,17 +360,31 @@ async def _paced(send: Send, bodies: list[bytes], per_second: float, size: int) 
 
 
 async def _server_cpu(server: Child, measured: Awaitable[dict[str, float]]) -> dict[str, float]:
-    """`measured`'s figures plus the server's CPU time per event during it (0 without /proc).
+    """`measured`'s figures plus the server's CPU time per event during it (0 without /proc),
+    and how the server spent the phase's wall time: on a CPU (`server_core_share`, 1.0 = one
+    whole core) and runnable but waiting for a CPU (`server_runqueue_share`).
 
     The machine is shared: events/s swing with what else runs, CPU time per event much less.
+    The two shares tell why a server short of 100% of a core was: their sum near 1 means it
+    always had work and the machine's other load kept it off the CPU; well below 1 means it
+    sat idle, waiting for the client or Redis.
     """
     before = server.cpu_seconds()
+    sched_before = server.scheduler_seconds()
     started = time.perf_counter()
     figures = await measured
     after = server.cpu_seconds()
-    events = figures["events_per_second"] * (time.perf_counter() - started)
+    sched_after = server.scheduler_seconds()
+    elapsed = time.perf_counter() - started
+    events = figures["events_per_second"] * elapsed
     used = after - before if after is not None and before is not None else 0.0
-    return {**figures, "server_cpu_us_per_event": used / max(events, 1) * 1e6}
+    shares = {"server_core_share": 0.0, "server_runqueue_share": 0.0}
+    if sched_before is not None and sched_after is not None:
+        shares = {
+            "server_core_share": (sched_after[0] - sched_before[0]) / elapsed,
+            "server_runqueue_share": (sched_after[1] - sched_before[1]) / elapsed,
+        }
+    return {**figures, "server_cpu_us_per_event": used / max(events, 1) * 1e6, **shares}
 
 
 def _percentiles(latencies: list[float]) -> dict[str, float]:
@@ -504,7 +543,7 @@ def _paced_count(per_second: float, smoke: bool) -> int:
     return max(20, min(600, int(per_second * 3 / LATENCY_BATCH)))
 
 
-async def _one_run(run: int, smoke: bool, redis_url: str) -> dict[str, float]:
+async def _one_run(run: int, smoke: bool, redis_url: str, *, http_only: bool) -> dict[str, float]:
     import aiohttp
 
     size = 50 if smoke else 500
@@ -529,19 +568,30 @@ async def _one_run(run: int, smoke: bool, redis_url: str) -> dict[str, float]:
             async with aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=concurrency)
             ) as session:
-                channel, send = _grpc_sender(echo.info["grpc"], "")
-                await send(grpc_warm_up)
-                echo_grpc = await _drive(send, grpc_bodies, concurrency)
-                await channel.close()
-                channel, send = _grpc_sender(ingest.info["grpc"], key)
-                await send(grpc_warm_up)
-                real_grpc = await _server_cpu(ingest, _drive(send, grpc_bodies, concurrency))
-                half = real_grpc["events_per_second"] / 2
-                count = _paced_count(half, smoke)
-                sent += _message_ids(f"gp{tag}", count, LATENCY_BATCH)
-                grpc_paced = _grpc_batches(f"gp{tag}", count, LATENCY_BATCH)
-                grpc_latency = await _paced(send, grpc_paced, half, LATENCY_BATCH)
-                await channel.close()
+                if not http_only:
+                    channel, send = _grpc_sender(echo.info["grpc"], "")
+                    await send(grpc_warm_up)
+                    echo_grpc = await _drive(send, grpc_bodies, concurrency)
+                    await channel.close()
+                    channel, send = _grpc_sender(ingest.info["grpc"], key)
+                    await send(grpc_warm_up)
+                    real_grpc = await _server_cpu(ingest, _drive(send, grpc_bodies, concurrency))
+                    half = real_grpc["events_per_second"] / 2
+                    count = _paced_count(half, smoke)
+                    sent += _message_ids(f"gp{tag}", count, LATENCY_BATCH)
+                    grpc_paced = _grpc_batches(f"gp{tag}", count, LATENCY_BATCH)
+                    grpc_latency = await _paced(send, grpc_paced, half, LATENCY_BATCH)
+                    await channel.close()
+                    result.update(
+                        grpc_events_per_second=real_grpc["events_per_second"],
+                        grpc_echo_events_per_second=echo_grpc["events_per_second"],
+                        grpc_server_cpu_us_per_event=real_grpc["server_cpu_us_per_event"],
+                        grpc_server_core_pct=real_grpc["server_core_share"] * 100,
+                        grpc_server_runqueue_pct=real_grpc["server_runqueue_share"] * 100,
+                        grpc_p99_ms_full_load=real_grpc["p99_ms"],
+                        grpc_p50_ms_half_load=grpc_latency["p50_ms"],
+                        grpc_p99_ms_half_load=grpc_latency["p99_ms"],
+                    )
                 send_echo = _http_sender(session, echo.info["http"], "")
                 await send_echo(http_warm_up)
                 echo_http = await _drive(send_echo, http_bodies, concurrency)
@@ -553,59 +603,64 @@ async def _one_run(run: int, smoke: bool, redis_url: str) -> dict[str, float]:
                 sent += _message_ids(f"hp{tag}", count, LATENCY_BATCH)
                 http_paced = _http_batches(f"hp{tag}", count, LATENCY_BATCH)
                 http_latency = await _paced(send_http, http_paced, half, LATENCY_BATCH)
-        xadd = await _bare_redis(redis_url, prefix, grpc_bodies, concurrency, dedup=False)
-        redis_all = await _bare_redis(redis_url, prefix, grpc_bodies, concurrency, dedup=True)
+                result.update(
+                    http_events_per_second=real_http["events_per_second"],
+                    http_echo_events_per_second=echo_http["events_per_second"],
+                    http_server_cpu_us_per_event=real_http["server_cpu_us_per_event"],
+                    http_server_core_pct=real_http["server_core_share"] * 100,
+                    http_server_runqueue_pct=real_http["server_runqueue_share"] * 100,
+                    http_p99_ms_full_load=real_http["p99_ms"],
+                    http_p50_ms_half_load=http_latency["p50_ms"],
+                    http_p99_ms_half_load=http_latency["p99_ms"],
+                )
+        result["xadd_events_per_second"] = await _bare_redis(
+            redis_url, prefix, grpc_bodies, concurrency, dedup=False
+        )
+        result["redis_dedup_xadd_events_per_second"] = await _bare_redis(
+            redis_url, prefix, grpc_bodies, concurrency, dedup=True
+        )
     finally:
         await _cleanup(redis_url, _created_keys(prefix, source_id, sent))
-    result.update(
-        grpc_events_per_second=real_grpc["events_per_second"],
-        grpc_echo_events_per_second=echo_grpc["events_per_second"],
-        http_events_per_second=real_http["events_per_second"],
-        http_echo_events_per_second=echo_http["events_per_second"],
-        xadd_events_per_second=xadd,
-        redis_dedup_xadd_events_per_second=redis_all,
-        grpc_server_cpu_us_per_event=real_grpc["server_cpu_us_per_event"],
-        http_server_cpu_us_per_event=real_http["server_cpu_us_per_event"],
-        grpc_p99_ms_full_load=real_grpc["p99_ms"],
-        http_p99_ms_full_load=real_http["p99_ms"],
-        grpc_p50_ms_half_load=grpc_latency["p50_ms"],
-        grpc_p99_ms_half_load=grpc_latency["p99_ms"],
-        http_p50_ms_half_load=http_latency["p50_ms"],
-        http_p99_ms_half_load=http_latency["p99_ms"],
-    )
     return result
 
 
-async def run(smoke: bool) -> dict[str, Any]:
-    """The benchmark entry point used by `python -m bench`."""
+def _ratio(median: dict[str, float], top: str, bottom: str) -> float | None:
+    """median[top] / median[bottom], or None when a phase did not run."""
+    if top not in median or bottom not in median:
+        return None
+    return round(median[top] / median[bottom], 3)
+
+
+async def run(smoke: bool, *, http_only: bool = False) -> dict[str, Any]:
+    """The benchmark entry point used by `python -m bench`; `http_only` skips the gRPC phases
+    (quicker while working on the collector)."""
     runs = 1 if smoke else 5
     redis_url = _redis_url()
-    samples = [await _one_run(i, smoke, redis_url) for i in range(runs)]
+    samples = [await _one_run(i, smoke, redis_url, http_only=http_only) for i in range(runs)]
     median = {name: statistics.median(s[name] for s in samples) for name in samples[0]}
     rounded = {name: round(value, 1) for name, value in median.items()}
+    ratios = {
+        "grpc_vs_grpc_echo": _ratio(
+            median, "grpc_events_per_second", "grpc_echo_events_per_second"
+        ),
+        "grpc_vs_xadd": _ratio(median, "grpc_events_per_second", "xadd_events_per_second"),
+        "http_vs_http_echo": _ratio(
+            median, "http_events_per_second", "http_echo_events_per_second"
+        ),
+        "http_vs_xadd": _ratio(median, "http_events_per_second", "xadd_events_per_second"),
+        "grpc_vs_redis_dedup_xadd": _ratio(
+            median, "grpc_events_per_second", "redis_dedup_xadd_events_per_second"
+        ),
+        "http_vs_redis_dedup_xadd": _ratio(
+            median, "http_events_per_second", "redis_dedup_xadd_events_per_second"
+        ),
+    }
     return {
         "runs": runs,
         "batch_size": 50 if smoke else 500,
         "latency_batch_size": LATENCY_BATCH,
         "median": rounded,
-        "ratios": {
-            "grpc_vs_grpc_echo": round(
-                median["grpc_events_per_second"] / median["grpc_echo_events_per_second"], 3
-            ),
-            "grpc_vs_xadd": round(
-                median["grpc_events_per_second"] / median["xadd_events_per_second"], 3
-            ),
-            "http_vs_http_echo": round(
-                median["http_events_per_second"] / median["http_echo_events_per_second"], 3
-            ),
-            "http_vs_xadd": round(
-                median["http_events_per_second"] / median["xadd_events_per_second"], 3
-            ),
-            "grpc_vs_redis_dedup_xadd": round(
-                median["grpc_events_per_second"] / median["redis_dedup_xadd_events_per_second"],
-                3,
-            ),
-        },
+        "ratios": {name: value for name, value in ratios.items() if value is not None},
         "targets": {
             "grpc_events_per_second": 50_000,
             "http_events_per_second": 20_000,
@@ -623,6 +678,9 @@ def main() -> None:
     serve.add_argument("prefix")
     sub.add_parser("echo")
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument(
+        "--http-only", action="store_true", help="skip the gRPC phases (HTTP and Redis only)"
+    )
     args = parser.parse_args()
     if args.command == "serve":
         asyncio.run(_serve_ingest(args.redis_url, args.prefix))
@@ -630,7 +688,7 @@ def main() -> None:
         asyncio.run(_serve_echo())
     else:
         with contextlib.suppress(KeyboardInterrupt):
-            print(json.dumps(asyncio.run(run(args.smoke)), indent=2))
+            print(json.dumps(asyncio.run(run(args.smoke, http_only=args.http_only)), indent=2))
 
 
 if __name__ == "__main__":

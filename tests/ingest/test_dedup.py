@@ -172,8 +172,9 @@ async def test_redis_streams_appender_appends_each_message_id_once(
             appender.append("s", [("a", "k1", b"A"), ("b", "k2", b"B")]),
             appender.append("s", [("b", "k2", b"B"), ("c", "k3", b"C")]),
         )
-        assert first == [ClaimOutcome.NEW, ClaimOutcome.NEW]
-        assert second == [ClaimOutcome.DUPLICATE, ClaimOutcome.NEW]
+        # The two calls may run at the same time: "b" is appended by exactly one of them.
+        assert first[0] == second[1] == ClaimOutcome.NEW
+        assert {first[1], second[0]} == {ClaimOutcome.NEW, ClaimOutcome.DUPLICATE}
         # Another source may use the same message ids.
         assert await appender.append("t", [("a", "k1", b"A2")]) == [ClaimOutcome.NEW]
         # An id a claiming writer holds but has not appended yet: retry, never "duplicate".
@@ -186,6 +187,46 @@ async def test_redis_streams_appender_appends_each_message_id_once(
             payloads += [d.payload for d in claimed]
             await log.ack(EVENTS, "g", [d.id for d in claimed])
         assert sorted(payloads) == [b"A", b"A2", b"B", b"C"]
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.redis
+async def test_concurrent_overlapping_appends_append_each_message_id_once(
+    redis_url: str, redis_prefix: str
+) -> None:
+    client = create_redis(redis_url)
+    log = RedisEventLog(client, partitions=4, prefix=f"{redis_prefix}upm")
+    appender = RedisStreamsAppender(log, prefix=f"{redis_prefix}dedup", window_seconds=60)
+    # 30 requests of 40 ids each, every id in two requests, arriving one after another so
+    # that several joined calls to Redis are in flight together.
+    requests = [
+        [
+            (f"m{(start * 20 + i) % 600}", f"k{i % 7}", f"m{(start * 20 + i) % 600}".encode())
+            for i in range(40)
+        ]
+        for start in range(30)
+    ]
+    try:
+        await log.ensure_group(EVENTS, "g")
+
+        async def send(index: int) -> list[ClaimOutcome]:
+            await asyncio.sleep(index * 0.002)  # arriving while earlier calls are in flight
+            return await appender.append("s", requests[index])
+
+        outcomes = await asyncio.gather(*(send(i) for i in range(len(requests))))
+        new = [
+            m
+            for r, o in zip(requests, outcomes, strict=True)
+            for (m, _, _), c in zip(r, o, strict=True)
+            if c is ClaimOutcome.NEW
+        ]
+        assert sorted(new) == sorted({m for r in requests for m, _, _ in r})
+        payloads = []
+        while claimed := await log.claim(EVENTS, "g", "c", 1000):
+            payloads += [d.payload for d in claimed]
+            await log.ack(EVENTS, "g", [d.id for d in claimed])
+        assert sorted(payloads) == sorted(m.encode() for m in new)
     finally:
         await client.aclose()
 

@@ -198,8 +198,12 @@ class RedisEventLog:
         self._append_sha = hashlib.sha1(_APPEND_LUA.encode()).hexdigest()
         self._joiner: CallJoiner[str, LogRecord, str] = CallJoiner(self._append_now)
         self._append_new_sha = hashlib.sha1(_APPEND_NEW_LUA.encode()).hexdigest()
+        # Two calls in flight, not one: with one, Redis sat idle from each answer until the
+        # caller's event loop got round to it (behind other requests' parsing) and sent the
+        # next call, and the requests that waited meanwhile went in lock-step, one call of
+        # nearly all of them at a time. Each caller's records still go in one call, in order.
         self._new_joiner: CallJoiner[tuple[str, str, int], tuple[str, str, bytes], str] = (
-            CallJoiner(self._append_new_now)
+            CallJoiner(self._append_new_now, max_running=2)
         )
         self._last_trim: dict[str, float] = {}
         self._cursor = 0
