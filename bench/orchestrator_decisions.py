@@ -629,7 +629,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.serve:
         backend, url, profiles, run_id = args.serve
-        asyncio.run(_serve(backend, url, int(profiles), run_id))
+        from upm_common.server import run_event_loop
+
+        # The server runs on the event loop the services' CLI gives it.
+        run_event_loop(_serve(backend, url, int(profiles), run_id))
         return 0
     print(json.dumps(asyncio.run(run(args.smoke, args.only)), indent=2))
     return 0

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from upm_cli.services import COMMAND_MODULES, SERVICES, ServiceEntry
 from upm_common.logging import configure_logging
 from upm_common.migrations import upgrade_all
-from upm_common.server import RunningServer, run_apps
+from upm_common.server import RunningServer, run_apps, run_event_loop
 from upm_common.settings import CommonSettings, SettingsError, load_settings
 
 DESCRIPTION = """\
@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in {"up", "serve", "worker", "migrate"}:
             configure_logging(common.log_format, common.log_level)
         if args.command == "up":
-            return asyncio.run(
+            return run_event_loop(
                 _up(
                     common,
                     migrate=not args.no_migrate,
@@ -99,9 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
         if args.command == "serve":
-            return asyncio.run(_serve(SERVICES[args.service], workers_only=False))
+            return run_event_loop(_serve(SERVICES[args.service], workers_only=False))
         if args.command == "worker":
-            return asyncio.run(_serve(SERVICES[args.service], workers_only=True))
+            return run_event_loop(_serve(SERVICES[args.service], workers_only=True))
         if args.command == "migrate":
             url = args.database_url or common.database_url
             done = asyncio.run(upgrade_all(url))

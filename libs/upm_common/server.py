@@ -11,16 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from upm_common.interceptors import ErrorMappingInterceptor, TelemetryInterceptor
+from upm_common.interceptors import (
+    ErrorMappingInterceptor,
+    InstrumentingRegistrar,
+    TelemetryInterceptor,
+)
 from upm_common.logging import get_logger
 from upm_common.metrics import start_metrics_server
 from upm_common.settings import CommonSettings, SettingsError
@@ -28,6 +32,7 @@ from upm_common.settings import CommonSettings, SettingsError
 log = get_logger("upm.server")
 
 Worker = Callable[[], Awaitable[None]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -98,24 +103,40 @@ async def build_server(
     port: int | None = None,
     extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> RunningServer:
-    """An unstarted server with the servicers, health and reflection, bound to its port."""
-    server = grpc.aio.server(
-        interceptors=[TelemetryInterceptor(), *extra_interceptors, ErrorMappingInterceptor()],
-        options=_SERVER_OPTIONS,
-    )
+    """An unstarted server with the servicers, health and reflection, bound to its port.
+
+    Every method is instrumented (telemetry around error mapping) as it is registered. Extra
+    interceptors, if any, sit between telemetry and error mapping, so that path keeps the two
+    as interceptors; without them the server has none, which spares grpc.aio its per-call
+    interceptor pipeline.
+    """
+    registrar: Any
+    if extra_interceptors:
+        server = grpc.aio.server(
+            interceptors=[TelemetryInterceptor(), *extra_interceptors, ErrorMappingInterceptor()],
+            options=_SERVER_OPTIONS,
+        )
+        registrar = server
+    else:
+        server = grpc.aio.server(options=_SERVER_OPTIONS)
+        registrar = InstrumentingRegistrar(server)
     for registration in registrations:
-        registration.add(registration.servicer, server)
+        registration.add(registration.servicer, registrar)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
     names = [r.name for r in registrations]
     if settings.reflection:
-        reflection.enable_server_reflection(
-            [
-                *names,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            server,
+        # Not enable_server_reflection: it picks the asyncio servicer by the server's type,
+        # which the registrar standing in for the server does not have.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(
+                [
+                    *names,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ]
+            ),
+            registrar,
         )
     address = f"{settings.grpc_host}:{settings.grpc_port if port is None else port}"
     credentials = _server_credentials(settings)
@@ -145,6 +166,20 @@ _SERVER_OPTIONS = [
     ("grpc.max_connection_age_ms", 300_000),
     ("grpc.max_connection_age_grace_ms", 30_000),
 ]
+
+
+def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(main)`, on uvloop's event loop when uvloop is installed.
+
+    A unary RPC costs grpc.aio a dozen event-loop turns; uvloop's loop does them for less CPU
+    than the standard one (about a tenth of a health check's server CPU on a loaded host).
+    """
+    try:
+        import uvloop
+    except ImportError:  # not installed on this platform: the standard loop works the same
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 async def run_apps(

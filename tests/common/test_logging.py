@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+import structlog
 
-from upm_common.logging import configure_logging, get_logger
+from upm_common.logging import configure_logging, get_logger, log_rpc
 
 
 @contextmanager
@@ -59,3 +60,25 @@ def test_exceptions_are_logged_as_structured_tracebacks(
     [line] = _lines(capsys)
     assert line["level"] == "error"
     assert line["exception"][0]["exc_type"] == "ValueError"  # type: ignore[index]
+
+
+def test_the_rpc_line_has_the_shape_of_every_other_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with json_logging(), structlog.contextvars.bound_contextvars(request_id="r-1"):
+        log_rpc("/upm.x.v1.S/M", "NOT_FOUND", 0.25)
+        get_logger("upm.rpc").info("rpc", method="/upm.x.v1.S/M", code="OK", duration_ms=1.5)
+
+    fast, ordinary = _lines(capsys)
+    assert fast.keys() == ordinary.keys()
+    assert (fast["method"], fast["code"]) == ("/upm.x.v1.S/M", "NOT_FOUND")
+    assert fast["duration_ms"] == 0.25
+    assert (fast["event"], fast["level"], fast["logger"]) == ("rpc", "info", "upm.rpc")
+    assert fast["request_id"] == "r-1"
+    assert str(fast["timestamp"]).endswith("Z")
+
+
+def test_rpc_lines_follow_the_level(capsys: pytest.CaptureFixture[str]) -> None:
+    with json_logging("warning"):
+        log_rpc("/upm.x.v1.S/M", "OK", 0.25)
+    assert _lines(capsys) == []

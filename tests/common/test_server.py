@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,7 +21,7 @@ from upm_common.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
-from upm_common.server import ServiceApp, ServiceRegistration
+from upm_common.server import ServiceApp, ServiceRegistration, build_server, run_event_loop
 from upm_common.settings import CommonSettings, SettingsError, load_settings
 from upm_common.testing import ServedApp, serve_app
 
@@ -54,8 +55,8 @@ class ProbeServicer:
         raise InvalidArgumentError.for_field("page_size", "must be at most 1000")
 
 
-def _add(servicer: ProbeServicer, server: grpc.aio.Server) -> None:
-    handlers = {
+def _handlers(servicer: ProbeServicer) -> dict[str, grpc.RpcMethodHandler]:
+    return {
         "Fail": grpc.unary_unary_rpc_method_handler(
             servicer.fail, request_deserializer=_identity, response_serializer=_identity
         ),
@@ -63,12 +64,22 @@ def _add(servicer: ProbeServicer, server: grpc.aio.Server) -> None:
             servicer.stream, request_deserializer=_identity, response_serializer=_identity
         ),
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
 
 
-@pytest.fixture
-async def served() -> AsyncIterator[ServedApp]:
-    app = ServiceApp([ServiceRegistration(SERVICE, _add, ProbeServicer())])
+def _add_generic(servicer: ProbeServicer, server: grpc.aio.Server) -> None:
+    generic = grpc.method_handlers_generic_handler(SERVICE, _handlers(servicer))
+    server.add_generic_rpc_handlers((generic,))
+
+
+def _add_registered(servicer: ProbeServicer, server: grpc.aio.Server) -> None:
+    # What the generated add_*Servicer_to_server functions do: both kinds of registration.
+    _add_generic(servicer, server)
+    server.add_registered_method_handlers(SERVICE, _handlers(servicer))
+
+
+@pytest.fixture(params=[_add_generic, _add_registered], ids=["generic", "registered"])
+async def served(request: pytest.FixtureRequest) -> AsyncIterator[ServedApp]:
+    app = ServiceApp([ServiceRegistration(SERVICE, request.param, ProbeServicer())])
     async with serve_app(CommonSettings(), app) as served:
         yield served
 
@@ -179,6 +190,68 @@ async def test_handled_rpcs_are_counted_with_their_code(served: ServedApp) -> No
     assert await _call(served, "Fail")(b"fine", timeout=5) == b"ok:fine"
     ok = dict(labels, grpc_code="OK")
     assert (REGISTRY.get_sample_value("grpc_server_handled_total", ok) or 0) >= 1
+
+
+async def test_each_rpc_is_logged_with_method_code_and_duration(
+    served: ServedApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    stub = health_pb2_grpc.HealthStub(served.channel)
+    with caplog.at_level(logging.INFO, logger="upm.rpc"):
+        await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        await _error(served, "missing")
+    lines = [r.msg for r in caplog.records if r.name == "upm.rpc"]
+    assert [(line["method"], line["code"]) for line in lines] == [  # type: ignore[index]
+        ("/grpc.health.v1.Health/Check", "OK"),
+        (f"/{SERVICE}/Fail", "NOT_FOUND"),
+    ]
+    assert all(line["duration_ms"] >= 0 for line in lines)  # type: ignore[index]
+
+
+class _RecordingInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        self.methods: list[str] = []
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        self.methods.append(details.method)
+        return await continuation(details)
+
+
+async def test_extra_interceptors_see_calls_that_are_still_mapped_and_counted() -> None:
+    recording = _RecordingInterceptor()
+    registration = ServiceRegistration(SERVICE, _add_registered, ProbeServicer())
+    running = await build_server(
+        CommonSettings(), [registration], port=0, extra_interceptors=[recording]
+    )
+    await running.start()
+    labels = {
+        "grpc_type": "unary",
+        "grpc_service": SERVICE,
+        "grpc_method": "Fail",
+        "grpc_code": "INVALID_ARGUMENT",
+    }
+    before = REGISTRY.get_sample_value("grpc_server_handled_total", labels) or 0
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            call = channel.unary_unary(
+                f"/{SERVICE}/Fail", request_serializer=_identity, response_deserializer=_identity
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call(b"invalid", timeout=5)
+    finally:
+        await running.stop(None)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "BadRequest" in _details(caught.value)
+    assert recording.methods == [f"/{SERVICE}/Fail"]
+    assert REGISTRY.get_sample_value("grpc_server_handled_total", labels) == before + 1
+
+
+def test_services_run_on_uvloop_when_it_is_installed() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def running_loop() -> type:
+        return type(asyncio.get_running_loop())
+
+    assert run_event_loop(running_loop()) is uvloop.Loop
 
 
 def test_a_malformed_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
