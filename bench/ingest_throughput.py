@@ -543,6 +543,22 @@ def _paced_count(per_second: float, smoke: bool) -> int:
     return max(20, min(600, int(per_second * 3 / LATENCY_BATCH)))
 
 
+def _door_figures(
+    door: str, real: dict[str, Any], echo: dict[str, Any], latency: dict[str, Any]
+) -> dict[str, Any]:
+    """One door's figures for the report, each key prefixed with the door's name."""
+    return {
+        f"{door}_events_per_second": real["events_per_second"],
+        f"{door}_echo_events_per_second": echo["events_per_second"],
+        f"{door}_server_cpu_us_per_event": real["server_cpu_us_per_event"],
+        f"{door}_server_core_pct": real["server_core_share"] * 100,
+        f"{door}_server_runqueue_pct": real["server_runqueue_share"] * 100,
+        f"{door}_p99_ms_full_load": real["p99_ms"],
+        f"{door}_p50_ms_half_load": latency["p50_ms"],
+        f"{door}_p99_ms_half_load": latency["p99_ms"],
+    }
+
+
 async def _one_run(run: int, smoke: bool, redis_url: str, *, http_only: bool) -> dict[str, float]:
     import aiohttp
 
@@ -582,16 +598,7 @@ async def _one_run(run: int, smoke: bool, redis_url: str, *, http_only: bool) ->
                     grpc_paced = _grpc_batches(f"gp{tag}", count, LATENCY_BATCH)
                     grpc_latency = await _paced(send, grpc_paced, half, LATENCY_BATCH)
                     await channel.close()
-                    result.update(
-                        grpc_events_per_second=real_grpc["events_per_second"],
-                        grpc_echo_events_per_second=echo_grpc["events_per_second"],
-                        grpc_server_cpu_us_per_event=real_grpc["server_cpu_us_per_event"],
-                        grpc_server_core_pct=real_grpc["server_core_share"] * 100,
-                        grpc_server_runqueue_pct=real_grpc["server_runqueue_share"] * 100,
-                        grpc_p99_ms_full_load=real_grpc["p99_ms"],
-                        grpc_p50_ms_half_load=grpc_latency["p50_ms"],
-                        grpc_p99_ms_half_load=grpc_latency["p99_ms"],
-                    )
+                    result.update(_door_figures("grpc", real_grpc, echo_grpc, grpc_latency))
                 send_echo = _http_sender(session, echo.info["http"], "")
                 await send_echo(http_warm_up)
                 echo_http = await _drive(send_echo, http_bodies, concurrency)
@@ -603,16 +610,7 @@ async def _one_run(run: int, smoke: bool, redis_url: str, *, http_only: bool) ->
                 sent += _message_ids(f"hp{tag}", count, LATENCY_BATCH)
                 http_paced = _http_batches(f"hp{tag}", count, LATENCY_BATCH)
                 http_latency = await _paced(send_http, http_paced, half, LATENCY_BATCH)
-                result.update(
-                    http_events_per_second=real_http["events_per_second"],
-                    http_echo_events_per_second=echo_http["events_per_second"],
-                    http_server_cpu_us_per_event=real_http["server_cpu_us_per_event"],
-                    http_server_core_pct=real_http["server_core_share"] * 100,
-                    http_server_runqueue_pct=real_http["server_runqueue_share"] * 100,
-                    http_p99_ms_full_load=real_http["p99_ms"],
-                    http_p50_ms_half_load=http_latency["p50_ms"],
-                    http_p99_ms_half_load=http_latency["p99_ms"],
-                )
+                result.update(_door_figures("http", real_http, echo_http, http_latency))
         result["xadd_events_per_second"] = await _bare_redis(
             redis_url, prefix, grpc_bodies, concurrency, dedup=False
         )
