@@ -5,8 +5,10 @@ with COPY from the seeded generator in bench/segment_datagen.py), and 100,000 pr
 1,000,000 events) in SQLite. Smoke mode: a few hundred profiles, only to prove it works.
 
 For each database: the median time of `SELECT count(*) FROM profile_events` and of the counts of
-three segments (the issue's, a 2-condition and an 8-condition one) compiled by the segment
-service's SQL compiler, with the ratio of each count to the bare scan. Queries run warm (one
+three segments (the issue's, a 2-condition and an 8-condition one) counted the way the segment
+service counts them (its SQL compiler, split into `segment_count_ranges` profile-id ranges
+counted at once over one snapshot on PostgreSQL), with the ratio of each count to the bare
+scan, and beside it the same count as one unsplit query. Queries run warm (one
 unmeasured run first). Run: `python -m bench.segment_count [--smoke] [--cache]`.
 
 Loading 10,000,000 events takes minutes, so the PostgreSQL dataset can be cached between runs:
@@ -49,7 +51,8 @@ from bench.segment_datagen import (
 from upm_common.db import create_engine
 from upm_common.migrations import upgrade
 from upm_profile.store import tables as t
-from upm_segment.compile import SqlCompiler, prepare_read
+from upm_segment.compile import IdRange, SqlCompiler, range_connections, summed
+from upm_segment.settings import SegmentSettings
 from upm_segment.text import parse
 
 SEED = 7
@@ -196,8 +199,30 @@ async def _median(action: Callable[[], Awaitable[Any]], runs: int) -> tuple[floa
     return statistics.median(times), result
 
 
+# The service's default number of ranges a count is split into.
+COUNT_RANGES: int = SegmentSettings.model_fields["segment_count_ranges"].default
+
+
+async def _alternating(
+    first: Callable[[], Awaitable[Any]], second: Callable[[], Awaitable[Any]], runs: int
+) -> tuple[tuple[float, Any], tuple[float, Any]]:
+    """Median times of two actions run in turn (each warmed once first, unmeasured), so that
+    both see the same background load on a shared machine."""
+    results = [await first(), await second()]
+    times: list[list[float]] = [[], []]
+    for run in range(runs):
+        order = (0, 1) if run % 2 == 0 else (1, 0)
+        for index in order:
+            started = time.perf_counter()
+            results[index] = await (first, second)[index]()
+            times[index].append(time.perf_counter() - started)
+    return (
+        (statistics.median(times[0]), results[0]),
+        (statistics.median(times[1]), results[1]),
+    )
+
+
 async def _measure(engine: AsyncEngine, runs: int) -> dict[str, Any]:
-    compiler = SqlCompiler(engine.dialect.name, NOW)
 
     async def scan() -> int:
         async with engine.connect() as conn:
@@ -211,22 +236,32 @@ async def _measure(engine: AsyncEngine, runs: int) -> dict[str, Any]:
         "count_star_seconds": round(base_seconds, 4),
         # Wall-clock figures on a shared machine: the load they were taken under.
         "load_average": [round(x, 2) for x in os.getloadavg()],
+        "count_ranges": COUNT_RANGES,
         "segments": {},
     }
     for name, definition in SEGMENTS.items():
-        query = compiler.count_query(parse(definition))
+        condition = parse(definition)
 
-        async def count(query: Any = query) -> int:
-            async with engine.connect() as conn:
-                await prepare_read(conn)
-                return int((await conn.execute(query)).scalar_one())
+        def query(part: IdRange | None, condition: Any = condition) -> Any:
+            return SqlCompiler(engine.dialect.name, NOW, part).count_query(condition)
 
-        seconds, members = await _median(count, runs)
+        async def count(parts: int, query: Any = query) -> int:
+            # The service's path (SegmentDomain.count): ranges over one snapshot, summed.
+            async with range_connections(engine, parts) as connections:
+                (members,) = await summed(connections, query)
+                return members
+
+        (seconds, members), (single_seconds, single_members) = await _alternating(
+            lambda: count(COUNT_RANGES), lambda: count(1), runs
+        )
+        assert members == single_members, (name, members, single_members)
         figures["segments"][name] = {
             "members": members,
             "seconds": round(seconds, 4),
             "ratio_to_count_star": round(seconds / base_seconds, 2) if base_seconds else None,
+            "single_query_seconds": round(single_seconds, 4),
         }
+    figures["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     return figures
 
 

@@ -36,7 +36,10 @@ async def build_segment(settings: SegmentSettings) -> SegmentRuntime:
     engine, event_log = storage.engine, storage.event_log
     store = SqlSegmentStore(engine)
     domain = SegmentDomain(
-        store, engine, query_timeout_seconds=settings.segment_query_timeout_seconds
+        store,
+        engine,
+        query_timeout_seconds=settings.segment_query_timeout_seconds,
+        count_ranges=settings.segment_count_ranges,
     )
     hub = MembershipHub()
     worker = MembershipWorker(

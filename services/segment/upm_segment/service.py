@@ -10,11 +10,12 @@ import base64
 import re
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import orjson
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from upm_common.errors import (
     AbortedError,
@@ -23,7 +24,7 @@ from upm_common.errors import (
     NotFoundError,
 )
 from upm_segment import model as m
-from upm_segment.compile import SqlCompiler, prepare_read
+from upm_segment.compile import IdRange, SqlCompiler, prepare_read, range_connections, summed
 from upm_segment.evaluate import evaluate, event_horizons
 from upm_segment.resolve import resolve
 from upm_segment.store.readmodel import live_profile_id, load_profile
@@ -100,11 +101,13 @@ class SegmentDomain:
         *,
         clock: Clock = utc_now,
         query_timeout_seconds: float | None = None,
+        count_ranges: int = 2,
     ) -> None:
         self.store = store
         self.read_engine = read_engine
         self.clock = clock
         self.query_timeout_seconds = query_timeout_seconds
+        self.count_ranges = count_ranges
 
     # --- definitions --------------------------------------------------------------------------
 
@@ -220,8 +223,14 @@ class SegmentDomain:
 
     # --- evaluation ---------------------------------------------------------------------------
 
-    def _compiler(self, now: datetime) -> SqlCompiler:
-        return SqlCompiler(self.read_engine.dialect.name, now)
+    def _compiler(self, now: datetime, id_range: IdRange | None = None) -> SqlCompiler:
+        return SqlCompiler(self.read_engine.dialect.name, now, id_range)
+
+    def _ranges(self) -> AbstractAsyncContextManager[list[tuple[AsyncConnection, IdRange | None]]]:
+        """Connections for a count split into profile-id ranges over one snapshot."""
+        return range_connections(
+            self.read_engine, self.count_ranges, timeout_seconds=self.query_timeout_seconds
+        )
 
     async def preview(
         self,
@@ -234,23 +243,24 @@ class SegmentDomain:
         size = page_size(sample_size, 10, 1000, "sample_size")
         resolved = await self._resolved(tree)
         at = now or self.clock()
-        compiler = self._compiler(at)
-        async with self.read_engine.connect() as conn:
-            await prepare_read(conn, timeout_seconds=self.query_timeout_seconds)
-            count = (await conn.execute(compiler.count_query(resolved))).scalar_one()
-            sample = [
-                row[0] for row in await conn.execute(compiler.members_query(resolved, limit=size))
-            ]
-        return Preview(int(count), sample, tree, to_text(tree), at)
+        async with self._ranges() as connections:
+            (count,) = await summed(
+                connections, lambda part: self._compiler(at, part).count_query(resolved)
+            )
+            # The sample in the count's snapshot, on the first range's connection.
+            members = self._compiler(at).members_query(resolved, limit=size)
+            sample = [row[0] for row in await connections[0][0].execute(members)]
+        return Preview(count, sample, tree, to_text(tree), at)
 
     async def count(self, segment_id: str, now: datetime | None) -> tuple[int, datetime]:
         record = await self.store.get(segment_id)
         resolved = await self._resolved(record.definition, segment_id)
         at = now or self.clock()
-        async with self.read_engine.connect() as conn:
-            await prepare_read(conn, timeout_seconds=self.query_timeout_seconds)
-            count = (await conn.execute(self._compiler(at).count_query(resolved))).scalar_one()
-        return int(count), at
+        async with self._ranges() as connections:
+            (count,) = await summed(
+                connections, lambda part: self._compiler(at, part).count_query(resolved)
+            )
+        return count, at
 
     async def members(
         self, segment_id: str, size: int, token: str, now: datetime | None
@@ -305,10 +315,11 @@ class SegmentDomain:
         a = await self._resolved(first.definition, first_id)
         b = await self._resolved(second.definition, second_id)
         at = now or self.clock()
-        async with self.read_engine.connect() as conn:
-            await prepare_read(conn, timeout_seconds=self.query_timeout_seconds)
-            row = (await conn.execute(self._compiler(at).overlap_query(a, b))).one()
-        return Overlap(int(row[0]), int(row[1]), int(row[2]), at)
+        async with self._ranges() as connections:
+            first_count, second_count, both = await summed(
+                connections, lambda part: self._compiler(at, part).overlap_query(a, b)
+            )
+        return Overlap(first_count, second_count, both, at)
 
     @staticmethod
     def parse_text(text: str) -> tuple[m.Condition | None, str, list[TextProblem]]:

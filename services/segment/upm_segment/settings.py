@@ -36,3 +36,14 @@ class SegmentSettings(CommonSettings):
     segment_query_timeout_seconds: float = Field(
         default=30.0, gt=0, le=3600, description="Longest a count or listing query may run."
     )
+    # Default 2: each range runs in its own server backend on one core, and this deployment's
+    # database host has two; more ranges than the server's cores only contend with each other
+    # (and with the other services' queries). Not read from the server's parallel-worker
+    # settings: those size PostgreSQL's own worker pool, which these ranges do not use.
+    segment_count_ranges: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="Profile-id ranges a count, preview or overlap is split into and counted "
+        "concurrently on PostgreSQL, over one shared snapshot (1: a single query).",
+    )
