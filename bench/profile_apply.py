@@ -399,9 +399,12 @@ async def _raw_copy(url: str, events: Sequence[event_pb2.Event]) -> dict[str, An
 
 
 class _ClaimTimedLog(SqlEventLog):
-    """The SQL event log, noting when each delivery was handed to the worker (wall clock)."""
+    """The SQL event log, noting when each delivery was handed to the worker (wall clock), and
+    how long each claim that found something and each acknowledgement took."""
 
     claimed: dict[str, float]
+    claim_seconds: list[float]
+    ack_seconds: list[float]
 
     async def claim(
         self, topic: str, group: str, consumer: str, max_count: int, **kwargs: Any
@@ -411,6 +414,21 @@ class _ClaimTimedLog(SqlEventLog):
         for delivery in deliveries:
             self.claimed[delivery.id] = now
         return deliveries
+
+    async def _claim_once(
+        self, topic: str, group: str, consumer: str, max_count: int, lease_seconds: float
+    ) -> list[Delivery]:
+        # The claim's statement alone, without the pauses of a claim polling an empty log.
+        started = time.perf_counter()
+        deliveries = await super()._claim_once(topic, group, consumer, max_count, lease_seconds)
+        if deliveries:
+            self.claim_seconds.append(time.perf_counter() - started)
+        return deliveries
+
+    async def ack(self, topic: str, group: str, ids: Sequence[str]) -> None:
+        started = time.perf_counter()
+        await super().ack(topic, group, ids)
+        self.ack_seconds.append(time.perf_counter() - started)
 
 
 async def _latency_share(url: str, batch: int, done: Any) -> dict[str, Any]:
@@ -440,6 +458,8 @@ async def _latency_share(url: str, batch: int, done: Any) -> dict[str, Any]:
     store.apply = timed_apply  # type: ignore[method-assign]
     event_log = _ClaimTimedLog(engine)
     event_log.claimed = {}
+    event_log.claim_seconds = []
+    event_log.ack_seconds = []
     worker = ProfileWorker(
         store,
         event_log,
@@ -456,6 +476,8 @@ async def _latency_share(url: str, batch: int, done: Any) -> dict[str, Any]:
         "started": started,
         "committed": committed,
         "sizes": sizes,
+        "claim_seconds": event_log.claim_seconds,
+        "ack_seconds": event_log.ack_seconds,
     }
 
 
@@ -512,7 +534,10 @@ async def _latency(url: str, events: Sequence[event_pb2.Event], rate: int) -> di
     apply_started: dict[str, float] = {}
     committed: dict[str, float] = {}
     sizes: list[int] = []
+    calls: dict[str, list[float]] = {"claim": [], "ack": []}
     for share in parts:
+        calls["claim"].extend(share["claim_seconds"])
+        calls["ack"].extend(share["ack_seconds"])
         claimed.update(share["claimed"])
         apply_started.update(share["started"])
         committed.update(share["committed"])
@@ -547,6 +572,12 @@ async def _latency(url: str, events: Sequence[event_pb2.Event], rate: int) -> di
         "stages_ms": {
             name: {"p50": pct(v, 0.5), "p99": pct(v, 0.99), "max": pct(v, 1.0)}
             for name, v in ((n, sorted(v)) for n, v in stages.items())
+        },
+        # One claim that found something, one acknowledgement (the claim's time counts in
+        # wait_before_claim).
+        "calls_ms": {
+            name: {"p50": pct(v, 0.5), "p99": pct(v, 0.99), "max": pct(v, 1.0)}
+            for name, v in ((n, sorted(v)) for n, v in calls.items())
         },
         "batches": len(sizes),
         "batch_size_mean": round(sum(sizes) / len(sizes)) if sizes else None,
