@@ -243,31 +243,3 @@ def test_phone_and_email_are_normalised() -> None:
     )
     keys = {str(k) for k in effects_of_event(event, BlockList()).identifiers}
     assert keys == {"anonymous_id:a", "email:mixed@case.com", "phone:+442079460958"}
-
-
-async def test_worker_acks_good_events_when_one_fails(sqlite_url: str) -> None:
-    from upm_common.eventlog import EVENTS, LogRecord
-    from upm_profile.worker import GROUP, ProfileWorker
-
-    store, log = await make_store(sqlite_url)
-    await log.ensure_group(EVENTS, GROUP)
-    good = make_event("track", anonymous_id="w-ok", event="Fine")
-    bad = make_event("track", anonymous_id="w-bad", event="Boom")
-    await log.append(
-        EVENTS, [LogRecord(key="k", payload=e.SerializeToString()) for e in (good, bad)]
-    )
-    real_apply = store.apply
-
-    async def flaky_apply(batch):  # type: ignore[no-untyped-def]
-        if any(e.name == "Boom" for e in batch):
-            raise RuntimeError("poison")
-        return await real_apply(batch)
-
-    store.apply = flaky_apply  # type: ignore[method-assign]
-    worker = ProfileWorker(store, log, blocklist=BlockList(), consumer="w", lease_seconds=0.01)
-    try:
-        assert await worker.run_once() == 2
-        assert await store.owner_of(IdentifierKey("anonymous_id", "w-ok")) is not None
-        assert await log.pending(EVENTS, GROUP) == 1
-    finally:
-        await store.engine.dispose()

@@ -9,7 +9,9 @@ from sqlalchemy import func, select
 
 from tests.profile.conftest import make_event, make_store
 from upm_common.eventlog import EVENTS, LogRecord
+from upm_common.eventlog.sql import SqlEventLog
 from upm_profile.identifiers import BlockList, IdentifierKey
+from upm_profile.store.sql import SqlProfileStore
 from upm_profile.store.tables import event_counts, events, profiles
 from upm_profile.worker import GROUP, ProfileWorker
 
@@ -72,11 +74,13 @@ async def test_workers_consuming_a_streaming_log_apply_each_event_once(pg_url: s
             await w.store.engine.dispose()
 
 
-async def test_consuming_loop_leaves_a_failing_event_unacknowledged(sqlite_url: str) -> None:
-    store, log = await make_store(sqlite_url)
+async def _store_with_a_poison_event(url: str) -> tuple[SqlProfileStore, SqlEventLog]:
+    """A store whose apply fails for any batch holding the event named Boom, and a log holding
+    one good event (anonymous id "ok") and that one ("bad")."""
+    store, log = await make_store(url)
     await log.ensure_group(EVENTS, GROUP)
-    good = make_event("track", anonymous_id="c-ok", event="Fine")
-    bad = make_event("track", anonymous_id="c-bad", event="Boom")
+    good = make_event("track", anonymous_id="ok", event="Fine")
+    bad = make_event("track", anonymous_id="bad", event="Boom")
     await log.append(
         EVENTS, [LogRecord(key="k", payload=e.SerializeToString()) for e in (good, bad)]
     )
@@ -88,12 +92,29 @@ async def test_consuming_loop_leaves_a_failing_event_unacknowledged(sqlite_url: 
         return await real_apply(batch)
 
     store.apply = flaky_apply  # type: ignore[method-assign]
+    return store, log
+
+
+async def test_worker_acks_good_events_when_one_fails(sqlite_url: str) -> None:
+    store, log = await _store_with_a_poison_event(sqlite_url)
+    worker = ProfileWorker(store, log, blocklist=BlockList(), consumer="w", lease_seconds=0.01)
+    try:
+        assert await worker.run_once() == 2
+        assert await store.owner_of(IdentifierKey("anonymous_id", "ok")) is not None
+        assert await store.owner_of(IdentifierKey("anonymous_id", "bad")) is None
+        assert await log.pending(EVENTS, GROUP) == 1
+    finally:
+        await store.engine.dispose()
+
+
+async def test_consuming_loop_leaves_a_failing_event_unacknowledged(sqlite_url: str) -> None:
+    store, log = await _store_with_a_poison_event(sqlite_url)
     worker = ProfileWorker(store, log, blocklist=BlockList(), consumer="w")
     try:
         # Stops at the first claim that finds nothing: the failing event stays leased.
         assert await worker.consume(block_seconds=0.0, until=lambda: True) == 2
-        assert await store.owner_of(IdentifierKey("anonymous_id", "c-ok")) is not None
-        assert await store.owner_of(IdentifierKey("anonymous_id", "c-bad")) is None
+        assert await store.owner_of(IdentifierKey("anonymous_id", "ok")) is not None
+        assert await store.owner_of(IdentifierKey("anonymous_id", "bad")) is None
         assert await log.pending(EVENTS, GROUP) == 1
     finally:
         await store.engine.dispose()
