@@ -82,7 +82,9 @@ class EventEffects:
 
     @property
     def day(self) -> date:
-        return self.time.astimezone(UTC).date()
+        moment = self.time
+        # An event's time is built in UTC already (no conversion per aggregated event).
+        return moment.date() if moment.tzinfo is UTC else moment.astimezone(UTC).date()
 
 
 def event_storage_id(event: event_pb2.Event) -> str:
@@ -185,10 +187,19 @@ def _datetime(stamp: Any) -> datetime:
 
 
 def _time(event: event_pb2.Event) -> datetime:
-    for name in ("event_time", "original_time", "received_time"):
-        if event.HasField(name):
-            return _datetime(getattr(event, name))
+    if event.HasField("event_time"):
+        return _datetime(event.event_time)
+    if event.HasField("original_time"):
+        return _datetime(event.original_time)
+    if event.HasField("received_time"):
+        return _datetime(event.received_time)
     return _EPOCH
+
+
+# Traits that carry identifiers, in the order they are taken.
+_CONTACT_FIELDS = (("email", EMAIL), ("phone", PHONE))
+# How an event links its identifiers, by event kind.
+_LINK_RULES = {"identify": "identify", "alias": "alias"}
 
 
 def effects_of_event(
@@ -207,8 +218,15 @@ def effects_of_event(
     event_id = event_storage_id(event)
     traits = _struct(event.traits) if event.HasField("traits") else {}
     properties = _struct(event.properties) if event.HasField("properties") else {}
-    context = _message(event.context) if event.HasField("context") else {}
-    context_traits = _struct(event.context.traits) if event.context.HasField("traits") else {}
+    # The context message read once (each attribute access of a sub-message costs a lookup).
+    context_message = event.context
+    has_context = event.HasField("context")
+    context = _message(context_message) if has_context else {}
+    context_traits = (
+        _struct(context_message.traits)
+        if has_context and context_message.HasField("traits")
+        else {}
+    )
 
     candidates: list[tuple[str, str]] = []
     if event.user_id:
@@ -218,11 +236,12 @@ def effects_of_event(
     if kind == "alias" and event.previous_id:
         # Segment's previousId is the anonymous id (or an older user id) now known as userId.
         candidates.append((ANONYMOUS_ID, event.previous_id))
-    for bag in (traits if kind == "identify" else {}, context_traits):
-        for field_name, id_type in (("email", EMAIL), ("phone", PHONE)):
-            value = bag.get(field_name)
-            if isinstance(value, str):
-                candidates.append((id_type, value))
+    for bag in (traits if kind == "identify" else None, context_traits):
+        if bag:
+            for field_name, id_type in _CONTACT_FIELDS:
+                value = bag.get(field_name)
+                if isinstance(value, str):
+                    candidates.append((id_type, value))
     for extra in event.identifiers:
         type_name = TYPE_FROM_PROTO.get(extra.type)
         if extra.type == identity_pb2.IDENTIFIER_TYPE_EXTERNAL and extra.namespace:
@@ -269,7 +288,7 @@ def effects_of_event(
         kind="event",
         identifiers=identifiers,
         blocked=blocked,
-        link_rule={"identify": "identify", "alias": "alias"}.get(kind, "same_event"),
+        link_rule=_LINK_RULES.get(kind, "same_event"),
         source=source,
         time=time,
         received_time=received,
@@ -280,7 +299,7 @@ def effects_of_event(
         context=context,
         trait_ops=trait_ops,
         consents=consents,
-        timezone=event.context.timezone or None,
+        timezone=context_message.timezone or None,
         revenue=revenue,
         aggregate=kind in ("track", "page", "screen"),
     )
@@ -313,6 +332,14 @@ def _status(value: Any) -> str | None:
     return None
 
 
+# The marketing flags of each channel, `<channel>_opt_in` then `<channel>_subscribed`.
+_CHANNEL_FLAGS = tuple(
+    (channel, channel + suffix)
+    for channel in CONSENT_CHANNELS
+    for suffix in ("_opt_in", "_subscribed")
+)
+
+
 def consents_from_traits(
     traits: dict[str, Any], time: datetime, source: str
 ) -> list[ConsentUpdate]:
@@ -339,14 +366,21 @@ def consents_from_traits(
                 status = _status(spec)
                 if status:
                     updates.append(ConsentUpdate(channel_name, "marketing", status, time, source))
-    for channel in CONSENT_CHANNELS:
-        for suffix in ("_opt_in", "_subscribed"):
-            status = _status(traits.get(channel + suffix))
+    for channel, flag in _CHANNEL_FLAGS:
+        value = traits.get(flag)
+        if value is not None:
+            status = _status(value)
             if status:
                 updates.append(ConsentUpdate(channel, "marketing", status, time, source))
     if traits.get("unsubscribed") is True:
         updates.append(ConsentUpdate("email", "marketing", UNSUBSCRIBED, time, source))
     return updates
+
+
+_UNSUBSCRIBE_NAMES = ("unsubscribed", "email unsubscribed", "sms unsubscribed", "push unsubscribed")
+_SUBSCRIBE_NAMES = ("subscribed", "email subscribed", "sms subscribed", "push subscribed")
+_SMS_INBOUND_NAMES = ("sms received", "sms inbound", "sms replied")
+_CONSENT_EVENT_NAMES = frozenset(_UNSUBSCRIBE_NAMES + _SUBSCRIBE_NAMES + _SMS_INBOUND_NAMES)
 
 
 def consents_from_track(
@@ -356,20 +390,23 @@ def consents_from_track(
     default email; `purpose`, default marketing), `Email Unsubscribed`, and inbound SMS keywords
     (`SMS Received` / `SMS Inbound` with the text in `body`, `text` or `keyword`)."""
     lowered = name.strip().lower()
+    if lowered not in _CONSENT_EVENT_NAMES:
+        # Most tracks: decided by the name alone, before reading any property.
+        return []
     channel = str(properties.get("channel") or "email").strip().lower()
     purpose = str(properties.get("purpose") or "marketing").strip().lower()
     if purpose not in ("marketing", "transactional"):
         purpose = "marketing"
     event_source = f"event:{name}"
-    if lowered in ("unsubscribed", "email unsubscribed", "sms unsubscribed", "push unsubscribed"):
+    if lowered in _UNSUBSCRIBE_NAMES:
         if lowered != "unsubscribed":
             channel = lowered.split()[0]
         return [ConsentUpdate(channel, purpose, UNSUBSCRIBED, time, event_source)]
-    if lowered in ("subscribed", "email subscribed", "sms subscribed", "push subscribed"):
+    if lowered in _SUBSCRIBE_NAMES:
         if lowered != "subscribed":
             channel = lowered.split()[0]
         return [ConsentUpdate(channel, purpose, SUBSCRIBED, time, event_source)]
-    if lowered in ("sms received", "sms inbound", "sms replied"):
+    if lowered in _SMS_INBOUND_NAMES:
         text = properties.get("body") or properties.get("text") or properties.get("keyword")
         if isinstance(text, str):
             word = text.strip().lower()

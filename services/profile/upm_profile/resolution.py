@@ -157,18 +157,29 @@ class Resolver:
         else:
             self.conflicts.append(Conflict(target, None, key, refusal, effects.id))
 
-    async def resolve(self, effects: EventEffects) -> str:
-        """The profile the event applies to, recording merges, attachments, edges, conflicts."""
+    def settled_target(self, effects: EventEffects) -> str | None:
+        """The profile of an event that needs no decision, else None (then `resolve`): a call
+        addressed by profile id, or (most events) one identifier, already held. Same decision
+        as `resolve`: its profile is the target when it is a user_id or the profile fits the
+        guards; nothing to attach, merge or link. Not a coroutine: the batch calls it per
+        event, and only the other events pay for an await."""
         if effects.profile_id is not None:
             return self.find(effects.profile_id)
-        if len(effects.identifiers) == 1 and effects.identifiers[0] in self.owner:
-            # Fast path (most events): one identifier, already held. Same decision as below:
-            # its profile is the target when it is a user_id or the profile fits the guards;
-            # nothing to attach, merge or link.
-            key = effects.identifiers[0]
-            held = self.find(self.owner[key])
-            if key.type == "user_id" or self._fits(held, [], 0) is None:
-                return held
+        identifiers = effects.identifiers
+        if len(identifiers) == 1:
+            key = identifiers[0]
+            owner = self.owner.get(key)
+            if owner is not None:
+                held = self.find(owner)
+                if key.type == "user_id" or self._fits(held, [], 0) is None:
+                    return held
+        return None
+
+    async def resolve(self, effects: EventEffects) -> str:
+        """The profile the event applies to, recording merges, attachments, edges, conflicts."""
+        settled = self.settled_target(effects)
+        if settled is not None:
+            return settled
         keys = sorted(effects.identifiers, key=IdentifierKey.sort_key)
         owned = {k: self.find(self.owner[k]) for k in keys if k in self.owner}
         owners: list[str] = []

@@ -26,7 +26,6 @@ import asyncpg
 import orjson
 import structlog
 from sqlalchemy import (
-    JSON,
     Table,
     and_,
     bindparam,
@@ -112,6 +111,47 @@ def _json(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NAIVE_UTC).decode()
 
 
+def _json_text(value: Any) -> str:
+    """A JSON column's value as COPY takes it on PostgreSQL."""
+    return orjson.dumps(value).decode()
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+# Column orders of the rows the apply inserts as tuples (`_insert_rows`).
+_EVENT_COLUMNS = (
+    "id",
+    "profile_id",
+    "type",
+    "name",
+    "event_time",
+    "received_time",
+    "properties",
+    "context",
+)
+_APPLIED_COLUMNS = (
+    "id",
+    "profile_id",
+    "kind",
+    "event_time",
+    "identifiers",
+    "payload",
+    "applied_time",
+)
+_HISTORY_COLUMNS = (
+    "profile_id",
+    "name",
+    "op",
+    "value",
+    "event_time",
+    "event_id",
+    "source",
+    "recorded_time",
+)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -154,6 +194,9 @@ class SqlProfileStore:
         self.max_attempts = max_attempts
         self.emit_event_applied = emit_event_applied
         self.is_postgres = engine.dialect.name == "postgresql"
+        # How `_insert_rows` takes a JSON column's value: text for COPY on PostgreSQL, the
+        # object itself elsewhere (the column type encodes it).
+        self._json_column: Callable[[Any], Any] = _json_text if self.is_postgres else _as_is
         self.listeners: list[Callable[[Sequence[pb.ProfileChange]], None]] = []
 
     # ------------------------------------------------------------------ helpers
@@ -196,27 +239,26 @@ class SqlProfileStore:
                 _TX_CHANGES.reset(token)
         raise AbortedError("too many conflicts; retry")
 
-    async def _bulk_insert(
-        self, conn: AsyncConnection, table: Table, rows: Sequence[dict[str, Any]]
+    async def _insert_rows(
+        self,
+        conn: AsyncConnection,
+        table: Table,
+        columns: Sequence[str],
+        records: list[tuple[Any, ...]],
     ) -> None:
-        """Insert new rows: COPY on PostgreSQL (the hot path), executemany elsewhere. Only for
-        rows whose keys cannot exist yet (checked under the batch's locks)."""
-        if not rows:
+        """Insert new rows, built as tuples in `columns` order with their JSON columns encoded
+        by `self._json_column` (no dict per row on the hot path, one row per event): COPY on
+        PostgreSQL, executemany elsewhere. Only for rows whose keys cannot exist yet (checked
+        under the batch's locks)."""
+        if not records:
             return
         if not self.is_postgres:
+            rows = [dict(zip(columns, r, strict=True)) for r in records]
             for chunk in _chunks(rows):
                 await conn.execute(insert(table), list(chunk))
             return
-        columns = list(rows[0])
-        json_columns = [c for c in columns if isinstance(table.c[c].type, JSON)]
-        if json_columns:
-            dumps = orjson.dumps
-            for row in rows:
-                for c in json_columns:
-                    row[c] = dumps(row[c]).decode()
-        records = [tuple(row.values()) for row in rows]
         driver = await driver_connection(conn)
-        await driver.copy_records_to_table(table.name, records=records, columns=columns)
+        await driver.copy_records_to_table(table.name, records=records, columns=list(columns))
 
     async def _lock_identifiers(self, conn: AsyncConnection, keys: Iterable[IdentifierKey]) -> None:
         if not self.is_postgres:
@@ -340,7 +382,8 @@ class SqlProfileStore:
         resolver = Resolver(self.guards, owners, limited, counts, unmerged)
         targets: list[str] = []
         for e in items:
-            targets.append(await resolver.resolve(e))
+            settled = resolver.settled_target(e)
+            targets.append(settled if settled is not None else await resolver.resolve(e))
         now = _now()
         changes: list[pb.ProfileChange] = []
         if resolver.new_profiles and self.is_postgres:
@@ -409,19 +452,21 @@ class SqlProfileStore:
             changes.append(change(pb.PROFILE_CHANGE_TYPE_MERGED, winner, merged=losers))
         assigned = [(resolver.find(t), e) for t, e in zip(targets, items, strict=True)]
         changes += await self._apply_effects(conn, assigned, emit_events=self.emit_event_applied)
-        await self._bulk_insert(
+        dumps = self._json_column
+        await self._insert_rows(
             conn,
             applied_events,
+            _APPLIED_COLUMNS,
             [
-                {
-                    "id": e.id,
-                    "profile_id": pid,
-                    "kind": e.kind,
-                    "event_time": e.time,
-                    "identifiers": [str(k) for k in e.identifiers],
-                    "payload": e.payload,
-                    "applied_time": now,
-                }
+                (
+                    e.id,
+                    pid,
+                    e.kind,
+                    e.time,
+                    dumps([f"{t}:{v}" for t, v in e.identifiers]),
+                    e.payload,
+                    now,
+                )
                 for pid, e in assigned
             ],
         )
@@ -882,21 +927,22 @@ class SqlProfileStore:
         self, conn: AsyncConnection, assigned: list[tuple[str, EventEffects]], *, emit_events: bool
     ) -> list[pb.ProfileChange]:
         changes: list[pb.ProfileChange] = []
+        dumps = self._json_column
         event_rows = [
-            {
-                "id": e.id,
-                "profile_id": pid,
-                "type": e.type,
-                "name": e.name,
-                "event_time": e.time,
-                "received_time": e.received_time,
-                "properties": e.properties or {},
-                "context": e.context or {},
-            }
+            (
+                e.id,
+                pid,
+                e.type,
+                e.name,
+                e.time,
+                e.received_time,
+                dumps(e.properties or {}),
+                dumps(e.context or {}),
+            )
             for pid, e in assigned
             if e.kind == "event"
         ]
-        await self._bulk_insert(conn, events, event_rows)
+        await self._insert_rows(conn, events, _EVENT_COLUMNS, event_rows)
         if emit_events:
             # One change per profile, event name and type in a batch, carrying the newest of
             # those events: a consumer learns that the profile did that event, which is all the
@@ -904,9 +950,10 @@ class SqlProfileStore:
             newest: dict[tuple[str, str, str], EventEffects] = {}
             for pid, e in assigned:
                 if e.kind == "event":
-                    held = newest.setdefault((pid, e.name, e.type), e)
-                    if (e.time, e.id) > (held.time, held.id):
-                        newest[(pid, e.name, e.type)] = e
+                    newest_key = (pid, e.name, e.type)
+                    held = newest.get(newest_key)
+                    if held is None or (e.time, e.id) > (held.time, held.id):
+                        newest[newest_key] = e
             changes += [
                 change(
                     pb.PROFILE_CHANGE_TYPE_EVENT_APPLIED,
@@ -1137,21 +1184,13 @@ class SqlProfileStore:
         if not ops_by_key:
             return {}
         now = _now()
+        dumps = self._json_column
         history_rows = [
-            {
-                "profile_id": pid,
-                "name": op.name,
-                "op": op.op,
-                "value": op.value,
-                "event_time": op.time,
-                "event_id": op.event_id,
-                "source": op.source,
-                "recorded_time": now,
-            }
+            (pid, op.name, op.op, dumps(op.value), op.time, op.event_id, op.source, now)
             for (pid, _), ops in ops_by_key.items()
             for op in ops
         ]
-        await self._bulk_insert(conn, trait_history, history_rows)
+        await self._insert_rows(conn, trait_history, _HISTORY_COLUMNS, history_rows)
         # Held traits (value, time, source, event id) and unset tombstones (time, source, event
         # id) of the batch's (profile, trait) pairs.
         held_rows: list[tuple[str, str, Any, datetime, str, str]] = []
