@@ -581,6 +581,27 @@ async def _one_run(run: int, smoke: bool, redis_url: str, *, http_only: bool) ->
         async with Child("echo") as echo, Child("serve", redis_url, prefix) as ingest:
             key = ingest.info["key"]
             source_id = ingest.info["source"]
+
+            async def measure(
+                door: str,
+                send: Send,
+                *,
+                bodies: list[bytes],
+                warm_up: bytes,
+                paced_batches: Callable[[str, int, int], list[bytes]],
+                echo_figures: dict[str, float],
+            ) -> None:
+                """One door of the ingest server: throughput, then latency at half of it."""
+                await send(warm_up)
+                real = await _server_cpu(ingest, _drive(send, bodies, concurrency))
+                half = real["events_per_second"] / 2
+                count = _paced_count(half, smoke)
+                paced_run = f"{door[0]}p{tag}"
+                sent.extend(_message_ids(paced_run, count, LATENCY_BATCH))
+                paced = paced_batches(paced_run, count, LATENCY_BATCH)
+                latency = await _paced(send, paced, half, LATENCY_BATCH)
+                result.update(_door_figures(door, real, echo_figures, latency))
+
             async with aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=concurrency)
             ) as session:
@@ -590,27 +611,27 @@ async def _one_run(run: int, smoke: bool, redis_url: str, *, http_only: bool) ->
                     echo_grpc = await _drive(send, grpc_bodies, concurrency)
                     await channel.close()
                     channel, send = _grpc_sender(ingest.info["grpc"], key)
-                    await send(grpc_warm_up)
-                    real_grpc = await _server_cpu(ingest, _drive(send, grpc_bodies, concurrency))
-                    half = real_grpc["events_per_second"] / 2
-                    count = _paced_count(half, smoke)
-                    sent += _message_ids(f"gp{tag}", count, LATENCY_BATCH)
-                    grpc_paced = _grpc_batches(f"gp{tag}", count, LATENCY_BATCH)
-                    grpc_latency = await _paced(send, grpc_paced, half, LATENCY_BATCH)
+                    await measure(
+                        "grpc",
+                        send,
+                        bodies=grpc_bodies,
+                        warm_up=grpc_warm_up,
+                        paced_batches=_grpc_batches,
+                        echo_figures=echo_grpc,
+                    )
                     await channel.close()
-                    result.update(_door_figures("grpc", real_grpc, echo_grpc, grpc_latency))
                 send_echo = _http_sender(session, echo.info["http"], "")
                 await send_echo(http_warm_up)
                 echo_http = await _drive(send_echo, http_bodies, concurrency)
                 send_http = _http_sender(session, ingest.info["http"], key)
-                await send_http(http_warm_up)
-                real_http = await _server_cpu(ingest, _drive(send_http, http_bodies, concurrency))
-                half = real_http["events_per_second"] / 2
-                count = _paced_count(half, smoke)
-                sent += _message_ids(f"hp{tag}", count, LATENCY_BATCH)
-                http_paced = _http_batches(f"hp{tag}", count, LATENCY_BATCH)
-                http_latency = await _paced(send_http, http_paced, half, LATENCY_BATCH)
-                result.update(_door_figures("http", real_http, echo_http, http_latency))
+                await measure(
+                    "http",
+                    send_http,
+                    bodies=http_bodies,
+                    warm_up=http_warm_up,
+                    paced_batches=_http_batches,
+                    echo_figures=echo_http,
+                )
         result["xadd_events_per_second"] = await _bare_redis(
             redis_url, prefix, grpc_bodies, concurrency, dedup=False
         )

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from tests.ingest.conftest import Running, start_ingest
 from upm_common.errors import UnavailableError
@@ -159,14 +160,34 @@ async def test_redis_dedup_store_semantics(redis_url: str, redis_prefix: str) ->
         await client.aclose()
 
 
+@asynccontextmanager
+async def streams_appender(
+    redis_url: str, redis_prefix: str, partitions: int
+) -> AsyncIterator[tuple[Redis, RedisEventLog, RedisStreamsAppender]]:
+    """A Redis client, an event log of `partitions` and an appender on it; closed after."""
+    client = create_redis(redis_url)
+    log = RedisEventLog(client, partitions=partitions, prefix=f"{redis_prefix}upm")
+    appender = RedisStreamsAppender(log, prefix=f"{redis_prefix}dedup", window_seconds=60)
+    try:
+        yield client, log, appender
+    finally:
+        await client.aclose()
+
+
+async def drain(log: RedisEventLog, count: int) -> list[bytes]:
+    """Every payload group "g" has yet to read, claimed `count` at a time and acknowledged."""
+    payloads = []
+    while claimed := await log.claim(EVENTS, "g", "c", count):
+        payloads += [d.payload for d in claimed]
+        await log.ack(EVENTS, "g", [d.id for d in claimed])
+    return payloads
+
+
 @pytest.mark.redis
 async def test_redis_streams_appender_appends_each_message_id_once(
     redis_url: str, redis_prefix: str
 ) -> None:
-    client = create_redis(redis_url)
-    log = RedisEventLog(client, partitions=2, prefix=f"{redis_prefix}upm")
-    appender = RedisStreamsAppender(log, prefix=f"{redis_prefix}dedup", window_seconds=60)
-    try:
+    async with streams_appender(redis_url, redis_prefix, 2) as (client, log, appender):
         await log.ensure_group(EVENTS, "g")
         first, second = await asyncio.gather(
             appender.append("s", [("a", "k1", b"A"), ("b", "k2", b"B")]),
@@ -182,22 +203,13 @@ async def test_redis_streams_appender_appends_each_message_id_once(
         assert await store.claim("s", ["d"], 60) == {"d": ClaimOutcome.NEW}
         with pytest.raises(UnavailableError):
             await appender.append("s", [("d", "k4", b"D")])
-        payloads = []
-        while claimed := await log.claim(EVENTS, "g", "c", 100):
-            payloads += [d.payload for d in claimed]
-            await log.ack(EVENTS, "g", [d.id for d in claimed])
-        assert sorted(payloads) == [b"A", b"A2", b"B", b"C"]
-    finally:
-        await client.aclose()
+        assert sorted(await drain(log, 100)) == [b"A", b"A2", b"B", b"C"]
 
 
 @pytest.mark.redis
 async def test_concurrent_overlapping_appends_append_each_message_id_once(
     redis_url: str, redis_prefix: str
 ) -> None:
-    client = create_redis(redis_url)
-    log = RedisEventLog(client, partitions=4, prefix=f"{redis_prefix}upm")
-    appender = RedisStreamsAppender(log, prefix=f"{redis_prefix}dedup", window_seconds=60)
     # 30 requests of 40 ids each, every id in two requests, arriving one after another so
     # that several joined calls to Redis are in flight together.
     requests = [
@@ -207,7 +219,7 @@ async def test_concurrent_overlapping_appends_append_each_message_id_once(
         ]
         for start in range(30)
     ]
-    try:
+    async with streams_appender(redis_url, redis_prefix, 4) as (_, log, appender):
         await log.ensure_group(EVENTS, "g")
 
         async def send(index: int) -> list[ClaimOutcome]:
@@ -222,24 +234,15 @@ async def test_concurrent_overlapping_appends_append_each_message_id_once(
             if c is ClaimOutcome.NEW
         ]
         assert sorted(new) == sorted({m for r in requests for m, _, _ in r})
-        payloads = []
-        while claimed := await log.claim(EVENTS, "g", "c", 1000):
-            payloads += [d.payload for d in claimed]
-            await log.ack(EVENTS, "g", [d.id for d in claimed])
-        assert sorted(payloads) == sorted(m.encode() for m in new)
-    finally:
-        await client.aclose()
+        assert sorted(await drain(log, 1000)) == sorted(m.encode() for m in new)
 
 
 @pytest.mark.redis
 async def test_a_failed_redis_streams_append_leaves_no_dedup_mark(
     redis_url: str, redis_prefix: str
 ) -> None:
-    client = create_redis(redis_url)
-    log = RedisEventLog(client, partitions=1, prefix=f"{redis_prefix}upm")
-    appender = RedisStreamsAppender(log, prefix=f"{redis_prefix}dedup", window_seconds=60)
-    stream = log.stream_key(EVENTS, 0)
-    try:
+    async with streams_appender(redis_url, redis_prefix, 1) as (client, log, appender):
+        stream = log.stream_key(EVENTS, 0)
         await client.set(stream, "not a stream")  # every XADD now fails
         with pytest.raises(UnavailableError):
             await appender.append("s", [("a", "k", b"A")])
@@ -248,5 +251,3 @@ async def test_a_failed_redis_streams_append_leaves_no_dedup_mark(
         # Nothing was acknowledged, so the resend is appended, not reported as a duplicate.
         assert await appender.append("s", [("a", "k", b"A")]) == [ClaimOutcome.NEW]
         assert await client.xlen(stream) == 1
-    finally:
-        await client.aclose()

@@ -131,6 +131,12 @@ def _from_upm(error: UpmError) -> HttpError:
     return HttpError(status, code_name, error.message, retry_after=retry_after)
 
 
+def _message_id_of(item: Any) -> str:
+    """The messageId of an event that could not be parsed, when it has a usable one."""
+    message_id = item.get("messageId") if isinstance(item, dict) else None
+    return message_id if isinstance(message_id, str) else ""
+
+
 class Collector:
     """Request handlers of the collector, bound to one pipeline and source registry."""
 
@@ -312,40 +318,26 @@ class Collector:
         self,
         item: Any,
         *,
-        implied_type: str | None,
+        implied_type: str,
         source: Source,
-        defaults: BatchDefaults | None,
         request: web.Request,
         received: int,
-        encoded: bytes | None = None,
-        user_agent: str | None = None,
-        client_ip: str | None = None,
     ) -> Candidate:
+        """The one event of a single-event call (a /v1/batch body: `_batch_candidates`)."""
         try:
             event, times = from_segment_json(
-                item,
-                implied_type=implied_type,
-                limits=self._config.shape,
-                defaults=defaults,
-                encoded=encoded,
+                item, implied_type=implied_type, limits=self._config.shape
             )
             context = event.context
             if not context.user_agent:
-                if user_agent is None:
-                    user_agent = request.headers.get("User-Agent", "")[:1024]
-                context.user_agent = user_agent
+                context.user_agent = request.headers.get("User-Agent", "")[:1024]
             finalize(event, times, received=received, source_id=source.source_id)
         except FieldError as error:
-            message_id = item.get("messageId") if isinstance(item, dict) else None
-            return Candidate(
-                None, error, message_id=message_id if isinstance(message_id, str) else ""
-            )
-        if client_ip is None:
-            client_ip = self._client_ip(request)
+            return Candidate(None, error, _message_id_of(item))
         return Candidate(
             event,
             message_id=event.message_id,
-            client_ip=client_ip,
+            client_ip=self._client_ip(request),
             payload=event.SerializeToString(),
         )
 
@@ -384,8 +376,7 @@ class Collector:
                     context.user_agent = user_agent
                 finalize(event, times, received=received, source_id=source_id)
             except FieldError as error:
-                message_id = item.get("messageId") if isinstance(item, dict) else None
-                append(Candidate(None, error, message_id if isinstance(message_id, str) else ""))
+                append(Candidate(None, error, _message_id_of(item)))
                 continue
             append(Candidate(event, None, event.message_id, client_ip, event.SerializeToString()))
         return candidates
@@ -417,12 +408,7 @@ class Collector:
                     f"the event exceeds {source.limits.max_event_bytes} bytes",
                 )
             candidate = self._candidate(
-                data,
-                implied_type=kind,
-                source=source,
-                defaults=None,
-                request=request,
-                received=received,
+                data, implied_type=kind, source=source, request=request, received=received
             )
             if candidate.event is None:
                 assert candidate.error is not None

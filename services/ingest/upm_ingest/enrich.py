@@ -292,7 +292,8 @@ class Enricher:
             self._enrich_context(context, query, referrer, url, user_agent)
             if kept != ip:
                 context.ip = kept
-            return _CONTEXT_TAG + _varint(context.ByteSize()) + context.SerializeToString()
+            raw = context.SerializeToString()
+            return _CONTEXT_TAG + _varint(len(raw)) + raw
         # The common case: what enrichment adds depends only on these four strings, so it is
         # computed once per distinct combination and kept serialized.
         key = (query, referrer, url if referrer else "", user_agent)
