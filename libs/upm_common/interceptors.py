@@ -33,7 +33,7 @@ from upm_common.errors import (
     UnavailableError,
     UpmError,
 )
-from upm_common.logging import get_logger, log_rpc
+from upm_common.logging import RPC_LOGGER, get_logger, log_rpc
 from upm_common.metrics import (
     GRPC_HANDLED,
     GRPC_HANDLING_SECONDS,
@@ -42,7 +42,7 @@ from upm_common.metrics import (
     GRPC_STARTED,
 )
 
-log = get_logger("upm.rpc")
+log = get_logger(RPC_LOGGER)
 
 Behavior = Callable[..., Any]
 

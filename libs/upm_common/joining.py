@@ -49,15 +49,12 @@ class CallJoiner(Generic[K, T, R]):
     async def __call__(self, group: K, items: Sequence[T]) -> list[R]:
         if not items:
             return []
-        if (
-            self._inline_when_idle
-            and not self._waiting.get(group)
-            and self._running.get(group, 0) < self._max_running
-        ):
+        free = self._running.get(group, 0) < self._max_running
+        if free and self._inline_when_idle and not self._waiting.get(group):
             return await self._run_inline(group, list(items))
         future: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(group, []).append((list(items), future))
-        if self._running.get(group, 0) < self._max_running:
+        if free:
             self._start_drain(group)
         return await future
 

@@ -92,12 +92,13 @@ class OrchestratorApp:
 
 
 def build_store(
-    settings: OrchestratorSettings, engine: AsyncEngine, redis: Redis | None = None
+    settings: OrchestratorSettings, engine: AsyncEngine, redis: Redis | None
 ) -> FatigueStore:
+    """The fatigue ledger; `redis` is the client made from UPM_REDIS_URL (None without it)."""
     if settings.fatigue_backend == "redis":
-        if not settings.redis_url:
+        if redis is None:
             raise SettingsError("UPM_FATIGUE_BACKEND=redis needs UPM_REDIS_URL")
-        return RedisFatigueStore(redis or create_redis(settings.redis_url))
+        return RedisFatigueStore(redis)
     return SqlFatigueStore(engine)
 
 
