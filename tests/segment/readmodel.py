@@ -1,18 +1,23 @@
-"""Write hand-built or generated profiles into the profile read model (Core bulk inserts)."""
+"""Write hand-built or generated profiles into the profile read model (Core bulk inserts), and
+check the SQL compiler against the in-process evaluator on them."""
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from upm_common.db import create_engine
 from upm_profile.store import tables as t
-from upm_segment.evaluate import ProfileData
+from upm_segment import model as m
+from upm_segment.compile import SqlCompiler, prepare_read
+from upm_segment.evaluate import ProfileData, evaluate
 
 CREATED = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -144,3 +149,39 @@ async def insert_profiles(
         ):
             if rows[key]:
                 await conn.execute(insert(getattr(t, key)), rows[key])
+
+
+@asynccontextmanager
+async def holding(url: str, population: Sequence[ProfileData]) -> AsyncIterator[AsyncEngine]:
+    """An engine on a read model holding only `population`, disposed of on leaving."""
+    engine = create_engine(url)
+    try:
+        await create_read_model(engine)
+        await clear_read_model(engine)
+        await insert_profiles(engine, population)
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def check_agreement(
+    url: str,
+    population: list[ProfileData],
+    definitions: list[m.Condition],
+    now: datetime,
+    *,
+    prepare: bool = False,
+) -> None:
+    """The compiler's members and count of each definition are the evaluator's, on a fresh
+    read model holding `population` (with `prepare`, under the service's session settings)."""
+    async with holding(url, population) as engine:
+        compiler = SqlCompiler(engine.dialect.name, now)
+        async with engine.connect() as conn:
+            if prepare:
+                await prepare_read(conn)
+            for definition in definitions:
+                expected = sorted(p.profile_id for p in population if evaluate(definition, p, now))
+                rows = await conn.execute(compiler.members_query(definition))
+                assert [row[0] for row in rows] == expected, definition
+                count = (await conn.execute(compiler.count_query(definition))).scalar_one()
+                assert count == len(expected), definition

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from upm_segment import model as m
@@ -19,6 +20,16 @@ STRINGS = ["a", "ab", "b", "B", "é", "", "home page"]
 NUMBERS = [-1.0, 0.0, 1.0, 2.5, 10.0]
 DURATIONS = [timedelta(days=30), timedelta(days=7), timedelta(days=1), timedelta(hours=36)]
 ZONES = [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]
+
+
+def examples(count: int) -> settings:
+    """Settings for a property test over a database: `count` examples, no deadline, and the
+    database fixture shared by all of them."""
+    return settings(
+        max_examples=count,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
 
 
 def _times(now: datetime) -> st.SearchStrategy[datetime]:

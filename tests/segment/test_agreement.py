@@ -7,45 +7,18 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import HealthCheck, find, given, settings
+from hypothesis import find, given, settings
 from hypothesis import strategies as st
 
-from tests.segment.readmodel import clear_read_model, create_read_model, insert_profiles
-from tests.segment.strategies import conditions, leaves, profiles_strategy
-from upm_common.db import create_engine
+from tests.segment.readmodel import check_agreement
+from tests.segment.strategies import conditions, examples, leaves, profiles_strategy
 from upm_segment import model as m
-from upm_segment.compile import SqlCompiler
-from upm_segment.evaluate import ProfileData, evaluate
+from upm_segment.evaluate import ProfileData
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 
 
-async def _check(
-    url: str, population: list[ProfileData], definitions: list[m.Condition], now: datetime
-) -> None:
-    engine = create_engine(url)
-    try:
-        await create_read_model(engine)
-        await clear_read_model(engine)
-        await insert_profiles(engine, population)
-        compiler = SqlCompiler(engine.dialect.name, now)
-        async with engine.connect() as conn:
-            for definition in definitions:
-                expected = sorted(p.profile_id for p in population if evaluate(definition, p, now))
-                rows = await conn.execute(compiler.members_query(definition))
-                actual = [row[0] for row in rows]
-                assert actual == expected, definition
-                count = (await conn.execute(compiler.count_query(definition))).scalar_one()
-                assert count == len(expected)
-    finally:
-        await engine.dispose()
-
-
-@settings(
-    max_examples=100,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@examples(100)
 @given(
     population=profiles_strategy(NOW),
     definitions=st.lists(conditions(NOW), min_size=1, max_size=6),
@@ -54,14 +27,10 @@ async def _check(
 def test_sql_and_in_process_agree(
     db_url: str, population: list[ProfileData], definitions: list[m.Condition], shift: timedelta
 ) -> None:
-    asyncio.run(_check(db_url, population, definitions, NOW + shift))
+    asyncio.run(check_agreement(db_url, population, definitions, NOW + shift))
 
 
-@settings(
-    max_examples=100,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@examples(100)
 @given(
     population=profiles_strategy(NOW),
     definitions=st.lists(leaves(NOW), min_size=4, max_size=12),
@@ -69,7 +38,7 @@ def test_sql_and_in_process_agree(
 def test_leaf_conditions_agree(
     db_url: str, population: list[ProfileData], definitions: list[m.Condition]
 ) -> None:
-    asyncio.run(_check(db_url, population, definitions, NOW))
+    asyncio.run(check_agreement(db_url, population, definitions, NOW))
 
 
 @pytest.mark.parametrize(

@@ -12,38 +12,17 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.segment.readmodel import clear_read_model, create_read_model, insert_profiles
-from tests.segment.strategies import conditions, leaves, profiles_strategy
-from upm_common.db import create_engine
+from tests.segment.readmodel import check_agreement
+from tests.segment.strategies import conditions, examples, leaves, profiles_strategy
 from upm_segment import compile as compiler_module
 from upm_segment import model as m
-from upm_segment.compile import SqlCompiler, prepare_read
 from upm_segment.evaluate import EventRecord, ProfileData, evaluate
 from upm_segment.text import parse
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
-
-
-async def _check(url: str, population: list[ProfileData], definitions: list[m.Condition]) -> None:
-    engine = create_engine(url)
-    try:
-        await create_read_model(engine)
-        await clear_read_model(engine)
-        await insert_profiles(engine, population)
-        compiler = SqlCompiler(engine.dialect.name, NOW)
-        async with engine.connect() as conn:
-            await prepare_read(conn)
-            for definition in definitions:
-                expected = sorted(p.profile_id for p in population if evaluate(definition, p, NOW))
-                rows = await conn.execute(compiler.members_query(definition))
-                assert [row[0] for row in rows] == expected, definition
-                count = (await conn.execute(compiler.count_query(definition))).scalar_one()
-                assert count == len(expected), definition
-    finally:
-        await engine.dispose()
 
 
 def _chains() -> st.SearchStrategy[m.Condition]:
@@ -63,11 +42,7 @@ def _chains() -> st.SearchStrategy[m.Condition]:
     return st.builds(lambda first, others: m.And((first, *others)), lead, rest)
 
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@examples(60)
 @given(
     population=profiles_strategy(NOW),
     definitions=st.lists(_chains(), min_size=1, max_size=4),
@@ -79,7 +54,7 @@ def test_lookups_per_candidate_agree_with_the_evaluator(
     definitions: list[m.Condition],
 ) -> None:
     monkeypatch.setattr(compiler_module, "PROBE_SHARE", 1.0)
-    asyncio.run(_check(db_url, population, definitions))
+    asyncio.run(check_agreement(db_url, population, definitions, NOW, prepare=True))
 
 
 @pytest.mark.parametrize("probe_share", [0.0, 1.0])
@@ -119,7 +94,7 @@ async def test_property_equality_matches_only_values_of_the_literal_type(
     ]
     for definition, members in zip(definitions, expected, strict=True):
         assert sorted(p.profile_id for p in population if evaluate(definition, p, NOW)) == members
-    await _check(db_url, population, definitions)
+    await check_agreement(db_url, population, definitions, NOW, prepare=True)
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.NonInteractiveExampleWarning")

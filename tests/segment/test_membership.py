@@ -48,6 +48,22 @@ def _person(pid: str, events: list[EventRecord]) -> ProfileData:
     return ProfileData(pid, traits={"newsletter": TraitValue("boolean", True)}, events=events)
 
 
+def _event_row(
+    event_id: str, pid: str, when: datetime, name: str = "Order Completed", kind: str = "track"
+) -> dict[str, object]:
+    """A row of the read model's event table, as the profile service writes it."""
+    return {
+        "id": event_id,
+        "profile_id": pid,
+        "type": kind,
+        "name": name,
+        "event_time": when,
+        "received_time": when,
+        "properties": {},
+        "context": {},
+    }
+
+
 def _change(kind: int, pid: str, **fields: object) -> LogRecord:
     message = profile_pb.ProfileChange(change_id=f"{pid}-{kind}", type=kind, profile_id=pid)  # type: ignore[arg-type]
     for key, value in fields.items():
@@ -105,16 +121,7 @@ async def test_entered_and_exited_from_changes_and_from_time(db_url: str) -> Non
         clock.now = START + DAY
         async with engine.begin() as conn:
             await conn.execute(
-                t.events.insert().values(
-                    id="bob-new",
-                    profile_id="bob",
-                    type="track",
-                    name="Order Completed",
-                    event_time=START + DAY,
-                    received_time=START + DAY,
-                    properties={},
-                    context={},
-                )
+                t.events.insert().values(**_event_row("bob-new", "bob", START + DAY))
             )
         await log.append(
             PROFILE_CHANGES,
@@ -271,19 +278,7 @@ async def test_concurrent_lanes_emit_each_change_once_and_in_order(pg_url: str) 
         async with engine.begin() as conn:
             await conn.execute(
                 t.events.insert(),
-                [
-                    {
-                        "id": f"{pid}-buy",
-                        "profile_id": pid,
-                        "type": "track",
-                        "name": "Order Completed",
-                        "event_time": START - DAY,
-                        "received_time": START - DAY,
-                        "properties": {},
-                        "context": {},
-                    }
-                    for pid in people
-                ],
+                [_event_row(f"{pid}-buy", pid, START - DAY) for pid in people],
             )
         applied = profile_pb.PROFILE_CHANGE_TYPE_EVENT_APPLIED
         await log.append(
@@ -364,16 +359,13 @@ async def test_profiles_needing_different_events_are_read_and_judged_alike(pg_ur
             await conn.execute(
                 t.events.insert(),
                 [
-                    {
-                        "id": f"{person.profile_id}-{number}",
-                        "profile_id": person.profile_id,
-                        "type": event.type,
-                        "name": event.name,
-                        "event_time": event.time,
-                        "received_time": event.time,
-                        "properties": {},
-                        "context": {},
-                    }
+                    _event_row(
+                        f"{person.profile_id}-{number}",
+                        person.profile_id,
+                        event.time,
+                        event.name,
+                        event.type,
+                    )
                     for person in people
                     for number, event in enumerate(person.events)
                 ],
@@ -447,18 +439,7 @@ async def test_a_lost_acknowledgement_delivers_again_without_a_second_change(
         )
         await worker.refresh(force=True)
         async with engine.begin() as conn:
-            await conn.execute(
-                t.events.insert().values(
-                    id="ann-buy",
-                    profile_id="ann",
-                    type="track",
-                    name="Order Completed",
-                    event_time=START,
-                    received_time=START,
-                    properties={},
-                    context={},
-                )
-            )
+            await conn.execute(t.events.insert().values(**_event_row("ann-buy", "ann", START)))
         applied = profile_pb.PROFILE_CHANGE_TYPE_EVENT_APPLIED
         await log.append(PROFILE_CHANGES, [_change(applied, "ann", event_name="Order Completed")])
         await _drain(worker, log)

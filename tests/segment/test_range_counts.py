@@ -8,12 +8,12 @@ import asyncio
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import delete, not_, update
 
-from tests.segment.readmodel import clear_read_model, create_read_model, insert_profiles
-from tests.segment.strategies import conditions, profiles_strategy
+from tests.segment.readmodel import holding, insert_profiles
+from tests.segment.strategies import conditions, examples, profiles_strategy
 from upm_common.db import create_engine
 from upm_common.migrations import upgrade
 from upm_profile.store import tables as t
@@ -37,11 +37,7 @@ async def _check_ranges(
     definitions: list[m.Condition],
     bounds: list[str],
 ) -> None:
-    engine = create_engine(url)
-    try:
-        await create_read_model(engine)
-        await clear_read_model(engine)
-        await insert_profiles(engine, population)
+    async with holding(url, population) as engine:
         ranges = id_ranges(bounds)
         async with engine.connect() as conn:
             for definition in definitions:
@@ -56,16 +52,10 @@ async def _check_ranges(
                     listed += [r[0] for r in await conn.execute(compiler.members_query(definition))]
                 assert total == len(expected), (definition, ranges)
                 assert listed == expected, (definition, ranges)
-    finally:
-        await engine.dispose()
 
 
 @pytest.mark.postgres
-@settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@examples(60)
 @given(
     population=profiles_strategy(NOW),
     definitions=st.lists(conditions(NOW), min_size=1, max_size=4),

@@ -20,6 +20,7 @@ import orjson
 
 from upm_segment import model as m
 from upm_segment.evaluate import EventRecord, ProfileData, TraitValue
+from upm_segment.store.readmodel import typed_value
 from upm_segment.store.sql import MembershipRow
 
 # Which profiles are live, with their traits (the JSON text only for the types without a typed
@@ -122,7 +123,9 @@ async def load_live(
         if kind == 0:
             live.add(pid)
         elif kind == 1:
-            found[pid].traits[a] = TraitValue(b, _trait_value(b, c, number, flag, moment))
+            found[pid].traits[a] = TraitValue(
+                b, typed_value(b, c, number, flag, moment, json_text=c)
+            )
         elif kind == 2:
             found[pid].consents[(a, b)] = c
         else:
@@ -171,19 +174,6 @@ async def save_rows(driver: Any, rows: Sequence[MembershipRow], now: datetime) -
         now,
         [r.next_check_time for r in kept],
     )
-
-
-def _trait_value(value_type: str, text: Any, number: Any, flag: Any, moment: Any) -> Any:
-    """A trait's value from its typed column, or from its JSON text for the other types."""
-    if value_type == "string":
-        return text
-    if value_type == "number":
-        return number
-    if value_type == "boolean":
-        return flag
-    if value_type == "timestamp":
-        return moment
-    return orjson.loads(text) if text else None
 
 
 def merge_groups(

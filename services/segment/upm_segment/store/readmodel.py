@@ -15,12 +15,6 @@ from upm_profile.store import tables as t
 from upm_segment.evaluate import EventRecord, ProfileData, TraitValue
 from upm_segment.store.id_lists import id_chunks, id_in
 
-_TYPED = {
-    "string": "text_value",
-    "number": "num_value",
-    "boolean": "bool_value",
-    "timestamp": "time_value",
-}
 MAX_REDIRECTS = 16
 
 
@@ -55,10 +49,34 @@ async def live_profiles(conn: AsyncConnection, profile_ids: Collection[str]) -> 
 
 def trait_value(row: Any) -> TraitValue:
     """A trait from its typed column, or from its JSON text for the other types."""
-    column = _TYPED.get(row.value_type)
-    if column:
-        return TraitValue(row.value_type, getattr(row, column))
-    return TraitValue(row.value_type, orjson.loads(row.value) if row.value else None)
+    value_type = row.value_type
+    return TraitValue(
+        value_type,
+        typed_value(
+            value_type,
+            row.text_value,
+            row.num_value,
+            row.bool_value,
+            row.time_value,
+            json_text=row.value,
+        ),
+    )
+
+
+def typed_value(
+    value_type: str, text: Any, number: Any, flag: Any, moment: Any, *, json_text: Any
+) -> Any:
+    """A trait's value from the typed column of its type, or from its JSON text (`json_text`)
+    for the types without one."""
+    if value_type == "string":
+        return text
+    if value_type == "number":
+        return number
+    if value_type == "boolean":
+        return flag
+    if value_type == "timestamp":
+        return moment
+    return orjson.loads(json_text) if json_text else None
 
 
 async def load_profile(
