@@ -402,9 +402,11 @@ class _ClaimTimedLog(SqlEventLog):
     """The SQL event log, noting when each delivery was handed to the worker (wall clock), and
     how long each claim that found something and each acknowledgement took."""
 
-    claimed: dict[str, float]
-    claim_seconds: list[float]
-    ack_seconds: list[float]
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self.claimed: dict[str, float] = {}
+        self.claim_seconds: list[float] = []
+        self.ack_seconds: list[float] = []
 
     async def claim(
         self, topic: str, group: str, consumer: str, max_count: int, **kwargs: Any
@@ -457,9 +459,6 @@ async def _latency_share(url: str, batch: int, done: Any) -> dict[str, Any]:
 
     store.apply = timed_apply  # type: ignore[method-assign]
     event_log = _ClaimTimedLog(engine)
-    event_log.claimed = {}
-    event_log.claim_seconds = []
-    event_log.ack_seconds = []
     worker = ProfileWorker(
         store,
         event_log,
@@ -559,6 +558,13 @@ async def _latency(url: str, events: Sequence[event_pb2.Event], rate: int) -> di
             return None
         return round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 1)
 
+    def spread(groups: dict[str, list[float]]) -> dict[str, dict[str, float | None]]:
+        ordered = {name: sorted(v) for name, v in groups.items()}
+        return {
+            name: {"p50": pct(v, 0.5), "p99": pct(v, 0.99), "max": pct(v, 1.0)}
+            for name, v in ordered.items()
+        }
+
     return {
         "rate_per_second": rate,
         "offered_per_second": round(offered),
@@ -569,16 +575,10 @@ async def _latency(url: str, events: Sequence[event_pb2.Event], rate: int) -> di
         "p50_ms": pct(latencies, 0.5),
         "p99_ms": pct(latencies, 0.99),
         "max_ms": pct(latencies, 1.0),
-        "stages_ms": {
-            name: {"p50": pct(v, 0.5), "p99": pct(v, 0.99), "max": pct(v, 1.0)}
-            for name, v in ((n, sorted(v)) for n, v in stages.items())
-        },
+        "stages_ms": spread(stages),
         # One claim that found something, one acknowledgement (the claim's time counts in
         # wait_before_claim).
-        "calls_ms": {
-            name: {"p50": pct(v, 0.5), "p99": pct(v, 0.99), "max": pct(v, 1.0)}
-            for name, v in ((n, sorted(v)) for n, v in calls.items())
-        },
+        "calls_ms": spread(calls),
         "batches": len(sizes),
         "batch_size_mean": round(sum(sizes) / len(sizes)) if sizes else None,
         "batch_size_max": max(sizes, default=None),

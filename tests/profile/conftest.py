@@ -19,6 +19,7 @@ from upm_profile.changes import SqlLogPublisher
 from upm_profile.effects import EventEffects, effects_of_event
 from upm_profile.identifiers import BlockList
 from upm_profile.store.sql import SqlProfileStore
+from upm_profile.worker import ProfileWorker
 
 BASE_TIME = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 _ids = itertools.count(1)
@@ -93,6 +94,23 @@ async def make_store(url: str, **kwargs: Any) -> tuple[SqlProfileStore, SqlEvent
     log = SqlEventLog(engine)
     await log.ensure_group(PROFILE_CHANGES, "test")
     return SqlProfileStore(engine, SqlLogPublisher(log), **kwargs), log
+
+
+async def make_workers(
+    url: str, log: SqlEventLog, count: int, *, batch_size: int
+) -> list[ProfileWorker]:
+    """`count` workers sharing `log`, each on a store with an engine of its own (consumers w0,
+    w1, ...); the caller disposes of their engines."""
+    return [
+        ProfileWorker(
+            (await make_store(url))[0],
+            log,
+            blocklist=BlockList(),
+            consumer=f"w{i}",
+            batch_size=batch_size,
+        )
+        for i in range(count)
+    ]
 
 
 @pytest.fixture

@@ -8,9 +8,8 @@ import random
 import pytest
 from sqlalchemy import func, select
 
-from tests.profile.conftest import effects, make_event, make_store
+from tests.profile.conftest import effects, make_event, make_store, make_workers
 from upm_common.eventlog import EVENTS, LogRecord
-from upm_profile.identifiers import BlockList
 from upm_profile.store.sql import SqlProfileStore
 from upm_profile.store.tables import event_counts, events, identifiers, profiles
 from upm_profile.worker import GROUP, ProfileWorker
@@ -94,16 +93,7 @@ async def test_workers_on_the_event_log_converge(pg_url: str) -> None:
         LogRecord(key=e.anonymous_id or e.user_id, payload=e.SerializeToString()) for e in generated
     ]
     await log.append(EVENTS, payloads + payloads[:50])
-    workers = [
-        ProfileWorker(
-            (await make_store(pg_url))[0],
-            log,
-            blocklist=BlockList(),
-            consumer=f"w{i}",
-            batch_size=25,
-        )
-        for i in range(4)
-    ]
+    workers = await make_workers(pg_url, log, 4, batch_size=25)
 
     async def drain(worker: ProfileWorker) -> None:
         while await worker.run_once():

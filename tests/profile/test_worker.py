@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from sqlalchemy import func, select
 
-from tests.profile.conftest import make_event, make_store
+from tests.profile.conftest import make_event, make_store, make_workers
 from upm_common.eventlog import EVENTS, LogRecord
 from upm_common.eventlog.sql import SqlEventLog
 from upm_profile.identifiers import BlockList, IdentifierKey
@@ -33,16 +33,7 @@ async def test_workers_consuming_a_streaming_log_apply_each_event_once(pg_url: s
         LogRecord(key=e.anonymous_id or e.user_id, payload=e.SerializeToString()) for e in generated
     ]
     feed_done = asyncio.Event()
-    workers = [
-        ProfileWorker(
-            (await make_store(pg_url))[0],
-            log,
-            blocklist=BlockList(),
-            consumer=f"w{i}",
-            batch_size=7,
-        )
-        for i in range(3)
-    ]
+    workers = await make_workers(pg_url, log, 3, batch_size=7)
 
     async def feed() -> None:
         # Every record once in small appends, then the first 20 again (a redelivery).

@@ -176,10 +176,8 @@ class Resolver:
         return None
 
     async def resolve(self, effects: EventEffects) -> str:
-        """The profile the event applies to, recording merges, attachments, edges, conflicts."""
-        settled = self.settled_target(effects)
-        if settled is not None:
-            return settled
+        """The profile the event applies to, recording merges, attachments, edges, conflicts:
+        for an event `settled_target` left undecided (the batch asks it first)."""
         keys = sorted(effects.identifiers, key=IdentifierKey.sort_key)
         owned = {k: self.find(self.owner[k]) for k in keys if k in self.owner}
         owners: list[str] = []
