@@ -1,5 +1,5 @@
-"""Single decisions go to the store at once when it is idle and together when it is busy: the
-joiner the Redis store uses (CallJoiner with `inline_when_idle`)."""
+"""A caller that finds the joiner idle runs its own call; callers that come while it is busy are
+joined (CallJoiner with `inline_when_idle`, as the Redis fatigue store uses it)."""
 
 from __future__ import annotations
 
