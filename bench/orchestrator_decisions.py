@@ -158,10 +158,12 @@ async def _serve(backend: str, database_url: str, profiles: int, run: str) -> No
         reflection=False,
     )
     store = None
+    redis = None
     if backend == "redis":
         from upm_common.redis import create_redis
 
-        store = RedisFatigueStore(create_redis(REDIS_URL), namespace=f"upmbench:{run}:")
+        redis = create_redis(REDIS_URL)
+        store = RedisFatigueStore(redis, namespace=f"upmbench:{run}:")
     app = await build_orchestrator(
         settings,
         profiles=directory,
@@ -179,6 +181,8 @@ async def _serve(backend: str, database_url: str, profiles: int, run: str) -> No
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await running.server.stop(None)
     await app.close()
+    if redis is not None:
+        await redis.aclose()
 
 
 @contextlib.asynccontextmanager

@@ -108,10 +108,12 @@ async def make_harness(
     engine = create_engine(url)
     await upgrade(engine, "orchestrator")
     store: FatigueStore
+    redis = None
     if backend == "redis":
         redis_url = str(request.getfixturevalue("redis_url"))
         prefix = f"upmtest:{uuid.uuid4().hex[:12]}:"
-        store = RedisFatigueStore(create_redis(redis_url), namespace=prefix)
+        redis = create_redis(redis_url)
+        store = RedisFatigueStore(redis, namespace=prefix)
     else:
         store = SqlFatigueStore(engine, concurrency=16)
     clock = Clock(datetime(2026, 6, 10, 12, 0, tzinfo=UTC))
@@ -134,6 +136,8 @@ async def make_harness(
         if backend == "redis":
             await _delete_keys(str(request.getfixturevalue("redis_url")), prefix)
         await store.close()
+        if redis is not None:
+            await redis.aclose()
         await engine.dispose()
 
 

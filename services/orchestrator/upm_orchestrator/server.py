@@ -58,7 +58,7 @@ class OrchestratorApp:
 
     async def close(self) -> None:
         await self.repository.close()
-        # The event log may share the store's Redis client: it closes first.
+        # The store and the event log share the Redis client, which the app owns: it closes last.
         if self.event_log is not None:
             await self.event_log.close()
         await self.store.close()

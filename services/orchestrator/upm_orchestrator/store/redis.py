@@ -451,7 +451,8 @@ class RedisFatigueStore:
         return int(raw)
 
     async def close(self) -> None:
+        """Hand the held connections back to the pool. The Redis client belongs to the caller,
+        who may share it (the service shares it with the event log) and closes it."""
         idle, self._idle = self._idle, []
         for connection in idle:
             await self._redis.connection_pool.release(connection)
-        await self._redis.aclose()
