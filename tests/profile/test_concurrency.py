@@ -118,3 +118,77 @@ async def test_workers_on_the_event_log_converge(pg_url: str) -> None:
         await store.engine.dispose()
         for w in workers:
             await w.store.engine.dispose()
+
+
+async def _applied_ids(store: SqlProfileStore) -> set[str]:
+    async with store.engine.connect() as conn:
+        return {row[0] for row in await conn.execute(select(events.c.id))}
+
+
+async def test_a_held_identifier_holds_back_only_its_own_events(pg_url: str) -> None:
+    """While another transaction holds one person's identifier, a batch commits its other
+    events at once and applies the held person's event once the holder commits."""
+    store, _ = await make_store(pg_url)
+    holder_engine = (await make_store(pg_url))[0].engine
+    try:
+        batch = effects(
+            *(make_event("track", user_id=f"free-{i}", event="Seen") for i in range(5)),
+            make_event("track", user_id="held", event="Seen"),
+        )
+        held_key = batch[-1].identifiers[0]
+        async with holder_engine.connect() as holder:
+            await holder.exec_driver_sql(f"SELECT pg_advisory_xact_lock({held_key.lock_id()})")
+            applying = asyncio.create_task(store.apply(batch))
+            free_ids = {e.id for e in batch[:-1]}
+            for _ in range(200):
+                if free_ids <= await _applied_ids(store):
+                    break
+                await asyncio.sleep(0.02)
+            assert free_ids <= await _applied_ids(store), "the free events waited for the lock"
+            assert batch[-1].id not in await _applied_ids(store)
+            assert not applying.done()
+            await holder.rollback()
+        result = await asyncio.wait_for(applying, 10)
+        assert result.applied == 6
+        assert set(result.profile_ids) == {e.id for e in batch}
+        assert {e.id for e in batch} <= await _applied_ids(store)
+        assert await _live(store) == 6
+    finally:
+        await store.engine.dispose()
+        await holder_engine.dispose()
+
+
+async def test_a_held_profile_holds_back_only_the_events_that_reach_it(pg_url: str) -> None:
+    """An event whose identifier is free but whose profile another transaction has locked
+    waits for that transaction; the batch's other events do not."""
+    store, _ = await make_store(pg_url)
+    holder_engine = (await make_store(pg_url))[0].engine
+    try:
+        await store.apply(effects(make_event("track", user_id="known", event="Seen")))
+        known = await store.owner_of(
+            effects(make_event("track", user_id="known", event="Seen"))[0].identifiers[0]
+        )
+        batch = effects(
+            make_event("track", user_id="known", event="Again"),
+            make_event("track", user_id="other", event="Seen"),
+        )
+        async with holder_engine.connect() as holder:
+            await holder.exec_driver_sql(
+                f"SELECT id FROM profile_profiles WHERE id = '{known}' FOR UPDATE"
+            )
+            applying = asyncio.create_task(store.apply(batch))
+            for _ in range(200):
+                if batch[1].id in await _applied_ids(store):
+                    break
+                await asyncio.sleep(0.02)
+            assert batch[1].id in await _applied_ids(store)
+            assert batch[0].id not in await _applied_ids(store)
+            await holder.rollback()
+        result = await asyncio.wait_for(applying, 10)
+        assert result.applied == 2
+        assert result.profile_ids[batch[0].id] == known
+        view = (await store.load_profiles([known or ""]))[known or ""]
+        assert {c.name: c.count for c in view.counts} == {"Seen": 1, "Again": 1}
+    finally:
+        await store.engine.dispose()
+        await holder_engine.dispose()
