@@ -3,6 +3,8 @@ relay moves them to the stream, in order, once."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy import func, select
@@ -21,9 +23,9 @@ pytestmark = pytest.mark.redis
 
 
 async def test_outbox_relays_changes_to_redis_streams(
-    sqlite_url: str, redis_url: str, redis_prefix: str
+    db_url: str, redis_url: str, redis_prefix: str
 ) -> None:
-    engine = create_engine(sqlite_url)
+    engine = create_engine(db_url)
     await upgrade(engine, "profile")
     redis = Redis.from_url(redis_url)
     log = RedisEventLog(redis, partitions=2, prefix=redis_prefix + "log")
@@ -51,6 +53,54 @@ async def test_outbox_relays_changes_to_redis_streams(
                 pb.PROFILE_CHANGE_TYPE_TRAITS_CHANGED,
             ]
         )
+    finally:
+        await redis.aclose()
+        await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_relays_at_once_move_every_change_once_in_outbox_order(
+    pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    """Several pods each run a relay: every change reaches the feed exactly once, and the feed
+    holds them in the order of the outbox."""
+    engine = create_engine(pg_url)
+    await upgrade(engine, "profile")
+    redis = Redis.from_url(redis_url)
+    log = RedisEventLog(redis, partitions=1, prefix=redis_prefix + "log")
+    await log.ensure_group(PROFILE_CHANGES, "segment")
+    store = SqlProfileStore(engine, OutboxPublisher())
+    try:
+        for start in range(0, 600, 200):
+            await store.apply(
+                effects(
+                    *(
+                        make_event("track", user_id=f"relay-{i % 150}", event=f"E{i % 7}")
+                        for i in range(start, start + 200)
+                    )
+                )
+            )
+        async with engine.connect() as conn:
+            queued = [
+                row[0] for row in await conn.execute(select(outbox.c.payload).order_by(outbox.c.id))
+            ]
+        assert len(queued) > 600  # created profiles and events applied
+
+        async def relay_until_empty() -> int:
+            moved = 0
+            while True:
+                step = await relay_once(engine, log, batch_size=50)
+                moved += step
+                if step == 0:
+                    async with engine.connect() as conn:
+                        if not await conn.scalar(select(func.count()).select_from(outbox)):
+                            return moved
+                    await asyncio.sleep(0.001)
+
+        moved = await asyncio.gather(*(relay_until_empty() for _ in range(3)))
+        assert sum(moved) == len(queued)
+        fed = [d.payload for d in await log.claim(PROFILE_CHANGES, "segment", "c", 10_000)]
+        assert fed == queued
     finally:
         await redis.aclose()
         await engine.dispose()

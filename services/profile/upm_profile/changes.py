@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from upm.common.v1 import event_pb2
 from upm.profile.v1 import profile_service_pb2 as pb
+from upm_common.db import driver_connection
 from upm_common.eventlog import PROFILE_CHANGES, EventLog, LogRecord
 from upm_profile.effects import EVENT_TYPE_VALUES, public_event_id
 from upm_profile.identifiers import IdentifierKey, to_proto
@@ -120,15 +121,22 @@ class OutboxPublisher:
     """Writes to profile_outbox; `relay` moves the rows to the event log."""
 
     async def publish(self, conn: AsyncConnection, changes: Sequence[pb.ProfileChange]) -> None:
-        if changes:
-            now = datetime.now(UTC)
-            await conn.execute(
-                insert(outbox),
-                [
-                    {"key": r.key, "payload": r.payload, "created_time": now}
-                    for r in _records(changes)
-                ],
+        if not changes:
+            return
+        now = datetime.now(UTC)
+        if conn.dialect.name == "postgresql":
+            # About one change per applied event: COPY, not a statement per row.
+            driver = await driver_connection(conn)
+            await driver.copy_records_to_table(
+                outbox.name,
+                records=[(c.profile_id, c.SerializeToString(), now) for c in changes],
+                columns=["key", "payload", "created_time"],
             )
+            return
+        await conn.execute(
+            insert(outbox),
+            [{"key": r.key, "payload": r.payload, "created_time": now} for r in _records(changes)],
+        )
 
 
 class NullPublisher:
@@ -138,8 +146,15 @@ class NullPublisher:
         return None
 
 
-async def relay_once(engine: AsyncEngine, event_log: EventLog, batch_size: int = 500) -> int:
-    """Move up to `batch_size` outbox rows to the change feed; returns how many moved."""
+# The advisory lock that lets one relay at a time move rows on PostgreSQL ("upm outbox").
+_RELAY_LOCK = 0x75706D6F7574626F
+
+
+async def relay_once(engine: AsyncEngine, event_log: EventLog, batch_size: int = 2000) -> int:
+    """Move up to `batch_size` outbox rows to the change feed, oldest first; returns how many
+    moved (0 also when another relay is moving rows right now)."""
+    if engine.dialect.name == "postgresql":
+        return await _relay_once_pg(engine, event_log, batch_size)
     async with engine.connect() as conn:
         rows = (
             await conn.execute(
@@ -153,6 +168,28 @@ async def relay_once(engine: AsyncEngine, event_log: EventLog, batch_size: int =
     await event_log.append(PROFILE_CHANGES, [LogRecord(key=r.key, payload=r.payload) for r in rows])
     async with engine.begin() as conn:
         await conn.execute(delete(outbox).where(outbox.c.id.in_([r.id for r in rows])))
+    return len(rows)
+
+
+async def _relay_once_pg(engine: AsyncEngine, event_log: EventLog, batch_size: int) -> int:
+    """One transaction: take the relay lock (or give up at once), delete the oldest rows and
+    append them, then commit. Rows leave the outbox only if the append succeeded; a crash
+    after the append and before the commit sends them again (consumers drop repeated
+    change ids). One relay at a time keeps the feed in outbox order across pods."""
+    async with engine.begin() as conn:
+        driver = await driver_connection(conn)
+        if not await driver.fetchval("SELECT pg_try_advisory_xact_lock($1)", _RELAY_LOCK):
+            return 0
+        rows = await driver.fetch(
+            "DELETE FROM profile_outbox WHERE id IN"
+            " (SELECT id FROM profile_outbox ORDER BY id LIMIT $1)"
+            " RETURNING id, key, payload",
+            batch_size,
+        )
+        if not rows:
+            return 0
+        rows = sorted(rows, key=lambda row: row[0])
+        await event_log.append(PROFILE_CHANGES, [LogRecord(key=r[1], payload=r[2]) for r in rows])
     return len(rows)
 
 
