@@ -21,7 +21,16 @@ same percentiles for each stage of that latency (waiting in the log, claim to ap
 commit) with the sizes of the applied batches. UPM_BENCH_PROFILE_LATENCY_ONLY=1 runs only this
 measure, UPM_BENCH_PROFILE_LATENCY_RATES (e.g. "5000") picks its rates.
 
-Run: `python -m bench.profile_apply [--smoke]` (needs PostgreSQL on 127.0.0.1:5432).
+The throughput is measured on each event-log transport (UPM_BENCH_PROFILE_TRANSPORTS, default
+"sql,redis"): `sql` is the all-PostgreSQL deployment (the log, its claims and acknowledgements,
+and the change feed are tables in the same database); `redis` is the deployment the Kubernetes
+chart recommends (ingest appends to Redis Streams, the workers claim from them, and the change
+feed goes through the outbox table to a relay in each worker process, as in each profile pod).
+With `redis` the run also waits for the relays to empty the outbox and reports how long that
+took after the last acknowledgement. The latency measure uses the SQL log.
+
+Run: `python -m bench.profile_apply [--smoke]` (needs PostgreSQL on 127.0.0.1:5432, and Redis on
+127.0.0.1:6379 for the `redis` transport).
 """
 
 from __future__ import annotations
@@ -37,27 +46,31 @@ import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from google.protobuf import struct_pb2
+from redis.asyncio import Redis
 from sqlalchemy import event as sa_event
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from upm.common.v1 import event_pb2
 from upm_common.db import create_engine
-from upm_common.eventlog import EVENTS, Delivery, LogRecord
+from upm_common.eventlog import EVENTS, Delivery, EventLog, LogRecord
+from upm_common.eventlog.redis import RedisEventLog
 from upm_common.eventlog.sql import SqlEventLog
 from upm_common.migrations import upgrade
-from upm_profile.changes import SqlLogPublisher
+from upm_common.redis import create_redis
+from upm_profile.changes import OutboxPublisher, SqlLogPublisher, relay_forever
 from upm_profile.effects import EventEffects, public_event_id
 from upm_profile.identifiers import BlockList
 from upm_profile.settings import ProfileSettings
 from upm_profile.store.base import ApplyResult
 from upm_profile.store.sql import SqlProfileStore
-from upm_profile.store.tables import applied_events, profiles
+from upm_profile.store.tables import applied_events, outbox, profiles
 from upm_profile.worker import GROUP, ProfileWorker
 
 # The service's default batch size unless told otherwise.
@@ -77,6 +90,14 @@ FEED_CHUNK = 2_000
 PENDING_POLL_SECONDS = 0.1
 # How long a worker's claim waits for events when the log is empty (the log polls meanwhile).
 IDLE_POLL_SECONDS = 0.05
+TRANSPORTS = [
+    t.strip()
+    for t in os.environ.get("UPM_BENCH_PROFILE_TRANSPORTS", "sql,redis").split(",")
+    if t.strip()
+]
+REDIS_URL = os.environ.get("UPM_BENCH_REDIS_URL") or os.environ.get(
+    "UPM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"
+)
 LATENCY_PROCESSES = 2
 LATENCY_BATCH = BATCH
 # Set to run only the latency measure (while iterating on it); the rates it offers, comma
@@ -169,14 +190,35 @@ async def _drop_database(name: str) -> None:
         await conn.close()
 
 
+def _event_log(transport: str, engine: AsyncEngine, prefix: str) -> tuple[EventLog, Redis | None]:
+    """The event log of a transport, and the Redis client it uses (to close)."""
+    if transport == "sql":
+        return SqlEventLog(engine), None
+    if transport != "redis":
+        raise ValueError(f"unknown transport {transport!r}: sql or redis")
+    redis = create_redis(REDIS_URL)
+    return RedisEventLog(redis, prefix=prefix), redis
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """Where one throughput run happens: its database, transport and Redis key prefix."""
+
+    url: str
+    transport: str
+    prefix: str
+    tasks: int = TASKS_PER_PROCESS
+    batch: int = BATCH
+
+
 async def _feed_log(
-    url: str, payloads: Sequence[bytes], keys: Sequence[str], done: Any
+    setup: _Setup, payloads: Sequence[bytes], keys: Sequence[str], done: Any
 ) -> tuple[float, float | None]:
-    """Append every event to the SQL event log as ingest does, keeping at most BACKLOG events
+    """Append every event to the event log as ingest does, keeping at most BACKLOG events
     waiting (a streaming load, not one huge backlog); sets `done` after the last append.
     Returns the seconds spent appending and the CPU seconds of its database backend."""
-    engine = create_engine(url)
-    log = SqlEventLog(engine)
+    engine = create_engine(setup.url)
+    log, redis = _event_log(setup.transport, engine, setup.prefix)
     backend = _BackendCpu(engine)
     spent = 0.0
     try:
@@ -202,7 +244,9 @@ async def _feed_log(
             spent += time.perf_counter() - started
     finally:
         done.set()
-        db_cpu = backend.seconds()
+        db_cpu = backend.seconds() if setup.transport == "sql" else 0.0
+        if redis is not None:
+            await redis.aclose()
         await engine.dispose()
     return spent, db_cpu
 
@@ -230,47 +274,76 @@ class _BackendCpu:
         return total / os.sysconf("SC_CLK_TCK")
 
 
-class _TimedLog(SqlEventLog):
-    """The SQL event log, timing the claims and acknowledgements of the workers."""
+class _TimedLog:
+    """An event log, timing the claims and acknowledgements of the workers (summed over the
+    process)."""
 
     claim_seconds = 0.0
     ack_seconds = 0.0
+
+    def __init__(self, inner: EventLog) -> None:
+        self.inner = inner
+
+    async def append(self, topic: str, records: Sequence[LogRecord]) -> list[str]:
+        return await self.inner.append(topic, records)
+
+    async def ensure_group(self, topic: str, group: str) -> None:
+        await self.inner.ensure_group(topic, group)
+
+    async def pending(self, topic: str, group: str) -> int:
+        return await self.inner.pending(topic, group)
+
+    async def close(self) -> None:
+        await self.inner.close()
 
     async def claim(
         self, topic: str, group: str, consumer: str, max_count: int, **kwargs: Any
     ) -> list[Delivery]:
         started = time.perf_counter()
         try:
-            return await super().claim(topic, group, consumer, max_count, **kwargs)
+            return await self.inner.claim(topic, group, consumer, max_count, **kwargs)
         finally:
             _TimedLog.claim_seconds += time.perf_counter() - started
 
     async def ack(self, topic: str, group: str, ids: Sequence[str]) -> None:
         started = time.perf_counter()
         try:
-            await super().ack(topic, group, ids)
+            await self.inner.ack(topic, group, ids)
         finally:
             _TimedLog.ack_seconds += time.perf_counter() - started
 
 
-async def _drain_share(url: str, tasks: int, batch: int, done: Any) -> dict[str, Any]:
+async def _drain_share(setup: _Setup, done: Any) -> dict[str, Any]:
     """One process: `tasks` ProfileWorkers (own engine each) claiming, applying and
-    acknowledging until the feed is done and the log holds nothing unclaimed."""
+    acknowledging until the feed is done and the log holds nothing unclaimed; with the Redis
+    transport, also the outbox relay a profile pod runs, until the outbox is empty."""
     workers = []
     backends = []
-    for index in range(tasks):
-        engine = create_engine(url)
+    clients = []
+    for index in range(setup.tasks):
+        engine = create_engine(setup.url)
         backends.append(_BackendCpu(engine))
-        store = SqlProfileStore(engine, SqlLogPublisher(SqlEventLog(engine)))
+        event_log, redis = _event_log(setup.transport, engine, setup.prefix)
+        if redis is not None:
+            clients.append(redis)
+        publisher = (
+            SqlLogPublisher(event_log) if isinstance(event_log, SqlEventLog) else OutboxPublisher()
+        )
+        store = SqlProfileStore(engine, publisher)
         workers.append(
             ProfileWorker(
                 store,
-                _TimedLog(engine),
+                _TimedLog(event_log),  # type: ignore[arg-type]
                 blocklist=store.blocklist,
                 consumer=f"bench-{os.getpid()}-{index}",
-                batch_size=batch,
+                batch_size=setup.batch,
             )
         )
+    relays = [
+        asyncio.create_task(relay_forever(w.store.engine, w.event_log, idle_seconds=0.05))
+        for w in workers
+        if not isinstance(w.store.publisher, SqlLogPublisher)
+    ]
     started = time.time()
     cpu = time.process_time()
     # The service's consuming loop (ProfileWorker.run), stopping once the feed is done and a
@@ -280,14 +353,26 @@ async def _drain_share(url: str, tasks: int, batch: int, done: Any) -> dict[str,
     )
     handled = sum(counts)
     finished = time.time()
+    relayed = finished
+    if relays:
+        # The outbox is a table: nothing signals that it is empty.
+        while await _outbox_size(workers[0].store.engine):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        relayed = time.time()
+        for relay in relays:
+            relay.cancel()
+        await asyncio.gather(*relays, return_exceptions=True)
     cpu = time.process_time() - cpu
     db_cpu = [b.seconds() for b in backends]
     for worker in workers:
         await worker.store.engine.dispose()
+    for client in clients:
+        await client.aclose()
     return {
         "handled": handled,
         "started": started,
         "finished": finished,
+        "relayed": relayed,
         "cpu": cpu,
         "db_cpu": None if None in db_cpu else sum(c for c in db_cpu if c is not None),
         "claim": _TimedLog.claim_seconds,
@@ -295,16 +380,45 @@ async def _drain_share(url: str, tasks: int, batch: int, done: Any) -> dict[str,
     }
 
 
-def _process_main(url: str, tasks: int, batch: int, done: Any) -> dict[str, Any]:
-    return asyncio.run(_drain_share(url, tasks, batch, done))
+async def _outbox_size(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(select(func.count()).select_from(outbox)) or 0)
+
+
+def _process_main(setup: _Setup, done: Any) -> dict[str, Any]:
+    return asyncio.run(_drain_share(setup, done))
 
 
 async def _apply_throughput(
-    url: str, payloads: Sequence[bytes], keys: Sequence[str], processes: int, tasks: int
+    setup: _Setup, payloads: Sequence[bytes], keys: Sequence[str], processes: int
 ) -> dict[str, Any]:
-    engine = create_engine(url)
-    await SqlEventLog(engine).ensure_group(EVENTS, GROUP)
+    engine = create_engine(setup.url)
+    log, redis = _event_log(setup.transport, engine, setup.prefix)
+    await log.ensure_group(EVENTS, GROUP)
+    if redis is not None:
+        await redis.aclose()
     await engine.dispose()
+    try:
+        return await _apply_throughput_on(setup, payloads, keys, processes)
+    finally:
+        if setup.transport == "redis":
+            await _delete_keys(setup.prefix)
+
+
+async def _delete_keys(prefix: str) -> None:
+    redis = create_redis(REDIS_URL)
+    try:
+        keys = [key async for key in redis.scan_iter(match=f"{prefix}:*", count=1000)]
+        if keys:
+            await redis.delete(*keys)
+    finally:
+        await redis.aclose()
+
+
+async def _apply_throughput_on(
+    setup: _Setup, payloads: Sequence[bytes], keys: Sequence[str], processes: int
+) -> dict[str, Any]:
+    url, tasks, transport = setup.url, setup.tasks, setup.transport
     loop = asyncio.get_running_loop()
     context = multiprocessing.get_context("spawn")
     with (
@@ -314,20 +428,19 @@ async def _apply_throughput(
         done = manager.Event()
         # Start the interpreters first so that start-up is not timed.
         await asyncio.gather(*(loop.run_in_executor(pool, _warm) for _ in range(processes)))
-        feeding = asyncio.create_task(_feed_log(url, payloads, keys, done))
+        feeding = asyncio.create_task(_feed_log(setup, payloads, keys, done))
         parts = await asyncio.gather(
-            *(
-                loop.run_in_executor(pool, _process_main, url, tasks, BATCH, done)
-                for _ in range(processes)
-            )
+            *(loop.run_in_executor(pool, _process_main, setup, done) for _ in range(processes))
         )
         append_seconds, feed_db_cpu = await feeding
     seconds = max(p["finished"] for p in parts) - min(p["started"] for p in parts)
     db_cpu = None if any(p["db_cpu"] is None for p in parts) else sum(p["db_cpu"] for p in parts)
     engine = create_engine(url)
     try:
-        log = SqlEventLog(engine)
+        log, redis = _event_log(transport, engine, setup.prefix)
         pending = await log.pending(EVENTS, GROUP)
+        if redis is not None:
+            await redis.aclose()
         async with engine.connect() as conn:
             applied = await conn.scalar(select(func.count()).select_from(applied_events))
             live = await conn.scalar(
@@ -335,7 +448,9 @@ async def _apply_throughput(
             )
     finally:
         await engine.dispose()
+    relayed = max(p["relayed"] for p in parts)
     return {
+        "transport": transport,
         "events": len(payloads),
         "applied": int(applied or 0),
         "pending_after": pending,
@@ -354,6 +469,8 @@ async def _apply_throughput(
         # Summed over workers: time spent in claim and in ack (the rest is decode + apply).
         "worker_claim_seconds": round(sum(p["claim"] for p in parts), 2),
         "worker_ack_seconds": round(sum(p["ack"] for p in parts), 2),
+        # Redis transport: from the last acknowledgement until the relays emptied the outbox.
+        "outbox_drain_seconds_after": round(relayed - max(p["finished"] for p in parts), 3),
         "backlog_limit": BACKLOG,
         "log_append_seconds": round(append_seconds, 2),
     }
@@ -585,14 +702,17 @@ async def _latency(url: str, events: Sequence[event_pb2.Event], rate: int) -> di
     }
 
 
-async def _one_run(events: Sequence[event_pb2.Event], processes: int, tasks: int) -> dict[str, Any]:
+async def _one_run(
+    events: Sequence[event_pb2.Event], processes: int, tasks: int, transport: str = "sql"
+) -> dict[str, Any]:
     """Apply through the workers, then COPY the same rows, on one fresh database."""
     payloads = [e.SerializeToString() for e in events]
     keys = [e.anonymous_id or e.user_id for e in events]
     name, url = await _create_database()
     try:
         await _migrate(url)
-        apply = await _apply_throughput(url, payloads, keys, processes, tasks)
+        setup = _Setup(url, transport, f"upmbench:{uuid.uuid4().hex[:8]}", tasks)
+        apply = await _apply_throughput(setup, payloads, keys, processes)
         copy = await _raw_copy(url, events)
     finally:
         await _drop_database(name)
@@ -618,13 +738,23 @@ async def run(smoke: bool) -> dict[str, Any]:
         "targets": {"events_per_second": 20_000, "p99_ms_at_5000_per_second": 500},
     }
     if not LATENCY_ONLY:
-        runs = [await _one_run(events, PROCESSES, TASKS_PER_PROCESS) for _ in range(repeats)]
-        runs.sort(key=lambda r: r["apply"]["events_per_second"])
-        median = runs[len(runs) // 2]
-        result["apply"] = median["apply"]
-        result["raw_copy"] = median["raw_copy"]
-        result["apply_vs_copy"] = median["apply_vs_copy"]
-        result["runs_events_per_second"] = [r["apply"]["events_per_second"] for r in runs]
+        # The transports take turns run by run, so that the machine's drift over the minutes
+        # of the measure falls on both alike.
+        by_transport: dict[str, list[dict[str, Any]]] = {t: [] for t in TRANSPORTS}
+        for _ in range(repeats):
+            for transport in TRANSPORTS:
+                by_transport[transport].append(
+                    await _one_run(events, PROCESSES, TASKS_PER_PROCESS, transport)
+                )
+        for transport, runs in by_transport.items():
+            runs.sort(key=lambda r: r["apply"]["events_per_second"])
+            median = runs[len(runs) // 2]
+            # The SQL transport's figures stay at the top level, as before.
+            target = result if transport == "sql" else result.setdefault(transport, {})
+            target["apply"] = median["apply"]
+            target["raw_copy"] = median["raw_copy"]
+            target["apply_vs_copy"] = median["apply_vs_copy"]
+            target["runs_events_per_second"] = [r["apply"]["events_per_second"] for r in runs]
     # The issue's latency target is at 5,000 events/s; a sustainable rate is measured beside it.
     result["latency"] = []
     for rate in LATENCY_RATES or ((500,) if smoke else (1_000, 5_000)):
