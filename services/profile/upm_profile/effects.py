@@ -56,7 +56,7 @@ class ConsentUpdate:
     source: str
 
 
-@dataclass
+@dataclass(slots=True)
 class EventEffects:
     """Everything one event (or one UpdateConsent call) contributes to a profile."""
 

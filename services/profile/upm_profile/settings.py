@@ -20,7 +20,7 @@ class ProfileSettings(CommonSettings):
     # (bench/profile_apply.py). Under light load a claim takes what is there, so batches stay
     # small and latency low.
     profile_worker_batch_size: int = Field(
-        default=2000, ge=1, le=10_000, description="Events a profile worker claims at most at once."
+        default=4000, ge=1, le=10_000, description="Events a profile worker claims at most at once."
     )
     profile_worker_concurrency: int = Field(
         default=1, ge=1, le=64, description="Profile workers per process."
