@@ -7,8 +7,10 @@ from datetime import UTC, date, datetime, timedelta
 from sqlalchemy import select
 
 from tests.profile.conftest import BASE_TIME, effects, make_event
+from upm_profile.convert import purchase_to_proto
 from upm_profile.effects import ConsentUpdate, consent_call_effects
 from upm_profile.identifiers import IdentifierKey
+from upm_profile.store.base import EventFilter
 from upm_profile.store.sql import SqlProfileStore
 from upm_profile.store.tables import event_daily, traits
 from upm_profile.traits import TraitOp, fold, typed_columns
@@ -186,13 +188,24 @@ async def test_purchases_and_aggregates(store: SqlProfileStore) -> None:
                 for i in range(3)
             ),
             make_event("page", user_id="buyer", name="Home", minutes=30),
+            # Revenue that is not a number counts as none, in the totals and the purchase list.
+            make_event(
+                "track",
+                user_id="buyer",
+                event="Order Completed",
+                properties={"order_id": "o-flag", "revenue": True, "currency": "EUR"},
+                minutes=45,
+            ),
         )
     )
     view = await _profile(store, user)
-    assert view.purchase_count == 3
+    assert view.purchase_count == 4
     assert view.total_revenue == 60.0
+    listed = await store.list_events(view.id, EventFilter(names=("Order Completed",)), 10, None)
+    by_order = {p.order_id: p.revenue for p in (purchase_to_proto(e) for e in listed[0])}
+    assert by_order == {"o0": 10.0, "o1": 20.0, "o2": 30.0, "o-flag": 0.0}
     counts = {c.name: (c.count, c.first_time, c.last_time) for c in view.counts}
-    assert counts["Order Completed"] == (3, BASE_TIME, BASE_TIME + timedelta(days=2))
+    assert counts["Order Completed"] == (4, BASE_TIME, BASE_TIME + timedelta(days=2))
     async with store.engine.connect() as conn:
         daily = sorted(
             (r.day, r.name, r._mapping["count"], r.revenue)
@@ -202,7 +215,7 @@ async def test_purchases_and_aggregates(store: SqlProfileStore) -> None:
         )
     assert daily == [
         (date(2026, 3, 1), "Home", 1, 0.0),
-        (date(2026, 3, 1), "Order Completed", 1, 10.0),
+        (date(2026, 3, 1), "Order Completed", 2, 10.0),
         (date(2026, 3, 2), "Order Completed", 1, 20.0),
         (date(2026, 3, 3), "Order Completed", 1, 30.0),
     ]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from upm.common.v1 import consent_pb2
 from upm.profile.v1 import profile_service_pb2 as pb
 from upm_common.protoconv import dict_to_struct, python_to_value
-from upm_profile.effects import EVENT_TYPE_VALUES, public_event_id
+from upm_profile.effects import EVENT_TYPE_VALUES, as_number, public_event_id
 from upm_profile.identifiers import to_proto
 from upm_profile.store.base import (
     EventView,
@@ -83,21 +81,12 @@ def event_to_proto(view: EventView) -> pb.ProfileEvent:
     return message
 
 
-def _number(value: Any) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return 0.0
-
-
 def purchase_to_proto(view: EventView) -> pb.Purchase:
     props = view.properties
     message = pb.Purchase(
         order_id=str(props.get("order_id") or props.get("orderId") or ""),
         event_id=public_event_id(view.id),
-        revenue=_number(props.get("revenue", props.get("total"))),
+        revenue=as_number(props.get("revenue", props.get("total"))),
         currency=str(props.get("currency") or ""),
     )
     message.purchase_time.FromDatetime(view.event_time)
@@ -108,8 +97,8 @@ def purchase_to_proto(view: EventView) -> pb.Purchase:
                 sku=str(product.get("sku") or ""),
                 name=str(product.get("name") or ""),
                 category=str(product.get("category") or ""),
-                price=_number(product.get("price")),
-                quantity=int(_number(product.get("quantity") or 1)),
+                price=as_number(product.get("price")),
+                quantity=int(as_number(product.get("quantity") or 1)),
             )
     return message
 

@@ -282,7 +282,7 @@ def effects_of_event(
 
     revenue = 0.0
     if kind == "track" and name == ORDER_COMPLETED:
-        revenue = _number(properties.get("revenue", properties.get("total")))
+        revenue = as_number(properties.get("revenue", properties.get("total")))
     return EventEffects(
         id=event_id,
         kind="event",
@@ -305,7 +305,9 @@ def effects_of_event(
     )
 
 
-def _number(value: Any) -> float:
+def as_number(value: Any) -> float:
+    """A property as a number, as revenue and prices are read: numbers and numeric strings;
+    0 for anything else, booleans included (the aggregates and the purchase list agree)."""
     if isinstance(value, bool):
         return 0.0
     if isinstance(value, int | float):
