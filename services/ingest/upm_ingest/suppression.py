@@ -61,11 +61,6 @@ class Suppressions:
         await self._store.add(hashes, reason)
         self._hashes |= hashes
 
-    async def remove(self, identifiers: Iterable[tuple[str, str]]) -> None:
-        hashes = {identifier_hash(kind, value) for kind, value in identifiers}
-        await self._store.remove(hashes)
-        self._hashes -= hashes
-
     async def refresh(self, *, force: bool = False) -> None:
         """Bring the in-memory mirror up to date with the table."""
         if not force and time.monotonic() - self._refreshed < self._cache_seconds:

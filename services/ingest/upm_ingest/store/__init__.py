@@ -97,10 +97,6 @@ class SuppressionStore(Protocol):
         """Suppress these identifiers (idempotent)."""
         ...
 
-    async def remove(self, identifier_hashes: Collection[str]) -> None:
-        """Lift the suppression of these identifiers."""
-        ...
-
     async def added_since(self, since: datetime | None) -> list[tuple[str, datetime]]:
         """(hash, created time) of the rows created at or after `since` (all when None)."""
         ...

@@ -229,16 +229,6 @@ class SqlSuppressionStore:
         async with self._engine.begin() as conn:
             await conn.execute(stmt)
 
-    async def remove(self, identifier_hashes: Collection[str]) -> None:
-        if not identifier_hashes:
-            return
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                delete(suppressions).where(
-                    suppressions.c.identifier_hash.in_(list(identifier_hashes))
-                )
-            )
-
     async def added_since(self, since: datetime | None) -> list[tuple[str, datetime]]:
         query = select(suppressions.c.identifier_hash, suppressions.c.created_time)
         if since is not None:
