@@ -107,13 +107,8 @@ limited identifiers and identifier counts per profile, whether any edge was ever
 
 
 def _json(value: Any) -> str:
-    """JSON for a jsonb parameter (naive datetimes are UTC)."""
+    """JSON for a jsonb parameter or a JSON column's value in COPY (naive datetimes are UTC)."""
     return orjson.dumps(value, option=orjson.OPT_NAIVE_UTC).decode()
-
-
-def _json_text(value: Any) -> str:
-    """A JSON column's value as COPY takes it on PostgreSQL."""
-    return orjson.dumps(value).decode()
 
 
 def _as_is(value: Any) -> Any:
@@ -196,7 +191,7 @@ class SqlProfileStore:
         self.is_postgres = engine.dialect.name == "postgresql"
         # How `_insert_rows` takes a JSON column's value: text for COPY on PostgreSQL, the
         # object itself elsewhere (the column type encodes it).
-        self._json_column: Callable[[Any], Any] = _json_text if self.is_postgres else _as_is
+        self._json_column: Callable[[Any], Any] = _json if self.is_postgres else _as_is
         self.listeners: list[Callable[[Sequence[pb.ProfileChange]], None]] = []
 
     # ------------------------------------------------------------------ helpers
