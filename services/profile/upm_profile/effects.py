@@ -160,30 +160,42 @@ def _field_kind(spec: Any) -> str:
 
 def _struct(message: struct_pb2.Struct) -> dict[str, Any]:
     """A Struct as a dict (as json_format would give, without its per-field overhead)."""
-    return {key: _plain(value) for key, value in message.fields.items()}
+    # Keys then lookups: the map's items() is the generic Mapping one, slower per field.
+    fields = message.fields
+    return {key: _plain(fields[key]) for key in fields}
+
+
+_VALUE_FIELDS = struct_pb2.Value.DESCRIPTOR.fields_by_name
+_STRUCT_VALUE = _VALUE_FIELDS["struct_value"]
+_LIST_VALUE = _VALUE_FIELDS["list_value"]
+_NULL_VALUE = _VALUE_FIELDS["null_value"]
 
 
 def _plain(value: struct_pb2.Value) -> Any:
-    kind = value.WhichOneof("kind")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "number_value":
-        return value.number_value
-    if kind == "bool_value":
-        return value.bool_value
-    if kind == "struct_value":
-        return _struct(value.struct_value)
-    if kind == "list_value":
-        return [_plain(item) for item in value.list_value.values]
-    return None
+    # ListFields gives the oneof member that is set and its value in one call (a set member
+    # is listed even when it holds 0, "" or false).
+    fields = value.ListFields()
+    if not fields:
+        return None
+    spec, held = fields[0]
+    if spec is _STRUCT_VALUE:
+        return _struct(held)
+    if spec is _LIST_VALUE:
+        return [_plain(item) for item in held.values]
+    if spec is _NULL_VALUE:
+        return None
+    return held
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _datetime(stamp: Any) -> datetime:
-    """`Timestamp.ToDatetime(tzinfo=UTC)` without its per-call overhead."""
-    return _EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
+def _datetime(
+    stamp: Any, _epoch: datetime = _EPOCH, _delta: type[timedelta] = timedelta
+) -> datetime:
+    """`Timestamp.ToDatetime(tzinfo=UTC)` without its per-call overhead (positional
+    timedelta(days, seconds, microseconds), names bound at definition)."""
+    return _epoch + _delta(0, stamp.seconds, stamp.nanos // 1000)
 
 
 def _time(event: event_pb2.Event) -> datetime:
