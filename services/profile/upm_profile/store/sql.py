@@ -2198,7 +2198,6 @@ class SqlProfileStore:
 _MISSING: Any = object()
 
 
-# The tables whose rows belong to one profile and follow it into the winner of a merge.
 def _defer_busy(
     items: list[EventEffects],
     owners: dict[IdentifierKey, str],
@@ -2216,6 +2215,7 @@ def _defer_busy(
     return keep
 
 
+# The tables whose rows belong to one profile and follow it into the winner of a merge.
 _PROFILE_ROW_TABLES = (identifiers, applied_events, trait_history, events, identity_conflicts)
 _TRAIT_COLUMNS = (
     "value",
