@@ -129,7 +129,7 @@ class OutboxPublisher:
             driver = await driver_connection(conn)
             await driver.copy_records_to_table(
                 outbox.name,
-                records=[(c.profile_id, c.SerializeToString(), now) for c in changes],
+                records=[(r.key, r.payload, now) for r in _records(changes)],
                 columns=["key", "payload", "created_time"],
             )
             return

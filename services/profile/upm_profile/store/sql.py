@@ -17,8 +17,8 @@ import base64
 import contextvars
 import dataclasses
 import uuid
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -89,6 +89,8 @@ _TX_CHANGES: contextvars.ContextVar[list[pb.ProfileChange] | None] = contextvars
 _RETRY_SQLSTATES = {"40P01", "40001", "23505"}
 _CHUNK = 1000
 _FAR = 1 << 30
+# The advisory lock ids `k` of a JSON parameter `[id, ...]`.
+_LOCK_IDS = "(SELECT json_array_elements_text($1::json)::bigint AS k) AS l"
 # The rows (type, value) of a JSON parameter `[[type, value], ...]`.
 _KEY_ROWS = "SELECT r->>0 AS type, r->>1 AS value FROM json_array_elements({}::json) AS r"
 
@@ -263,8 +265,7 @@ class SqlProfileStore:
             # One statement takes every lock of the batch, in sorted order (no lock cycles).
             driver = await driver_connection(conn)
             await driver.execute(
-                "SELECT pg_advisory_xact_lock(k) FROM"
-                " (SELECT json_array_elements_text($1::json)::bigint AS k) AS l ORDER BY k",
+                f"SELECT pg_advisory_xact_lock(k) FROM {_LOCK_IDS} ORDER BY k",
                 _json(lock_ids),
             )
 
@@ -284,20 +285,13 @@ class SqlProfileStore:
         held = {
             row[0]
             for row in await driver.fetch(
-                "SELECT k FROM (SELECT json_array_elements_text($1::json)::bigint AS k) AS l"
-                " WHERE NOT pg_try_advisory_xact_lock(k)",
+                f"SELECT k FROM {_LOCK_IDS} WHERE NOT pg_try_advisory_xact_lock(k)",
                 _json(sorted(set(lock_ids.values()))),
             )
         }
         if not held:
             return items
-        now: list[EventEffects] = []
-        for e in items:
-            if any(lock_ids[k] in held for k in e.identifiers):
-                deferred.append(e)
-            else:
-                now.append(e)
-        return now
+        return _split_off(items, deferred, {k for k, i in lock_ids.items() if i in held})
 
     async def _try_lock_profiles(self, conn: AsyncConnection, profile_ids: set[str]) -> set[str]:
         """Lock the profiles no other transaction holds, without waiting; returns those locked."""
@@ -430,10 +424,6 @@ class SqlProfileStore:
             return await self._apply_tx(conn, rest, 0)
 
         second: ApplyResult = await self._transaction(waiting)
-        conflicts: dict[str, int] = defaultdict(int)
-        for result in (first, second):
-            for rule, count in result.conflicts.items():
-                conflicts[rule] += count
         return ApplyResult(
             first.applied + second.applied,
             first.duplicates + second.duplicates,
@@ -441,7 +431,7 @@ class SqlProfileStore:
             dropped,
             {**first.profile_ids, **second.profile_ids},
             merges=first.merges + second.merges,
-            conflicts=dict(conflicts),
+            conflicts=dict(Counter(first.conflicts) + Counter(second.conflicts)),
         )
 
     async def _apply_tx(
@@ -741,7 +731,8 @@ class SqlProfileStore:
                 locked |= await self._try_lock_profiles(conn, wanted - locked)
                 busy = wanted - locked
                 if busy:
-                    items = _defer_busy(items, owners, busy, deferred)
+                    held = {k for k, pid in owners.items() if pid in busy}
+                    items = _split_off(items, deferred, held, busy)
                     if not items:
                         return ApplyResult(0, duplicates, len(suppressed), 0, {})
                     key_rows = _json(
@@ -2198,20 +2189,18 @@ class SqlProfileStore:
 _MISSING: Any = object()
 
 
-def _defer_busy(
+def _split_off(
     items: list[EventEffects],
-    owners: dict[IdentifierKey, str],
-    busy: set[str],
     deferred: list[EventEffects],
+    held_keys: Collection[IdentifierKey],
+    held_profiles: Collection[str] = (),
 ) -> list[EventEffects]:
-    """Move to `deferred` the events whose profile (addressed, or owning one of their
-    identifiers) is in `busy`; returns the others."""
+    """Move to `deferred` the events with an identifier in `held_keys` or addressed to a
+    profile in `held_profiles`; returns the others."""
     keep: list[EventEffects] = []
     for e in items:
-        if e.profile_id in busy or any(owners.get(k) in busy for k in e.identifiers):
-            deferred.append(e)
-        else:
-            keep.append(e)
+        waits = e.profile_id in held_profiles or any(k in held_keys for k in e.identifiers)
+        (deferred if waits else keep).append(e)
     return keep
 
 
