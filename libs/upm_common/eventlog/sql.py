@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import and_, delete, exists, func, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from upm_common.db import driver_connection
+from upm_common.db import driver_connection, plan_for_arguments
 from upm_common.eventlog.base import (
     DEFAULT_MAX_ATTEMPTS,
     Delivery,
@@ -215,7 +215,7 @@ class SqlEventLog:
             # table, and with the generic plan PostgreSQL settles on after them a claim of
             # 2,000 deliveries took 0.5-0.8 s under the latency measure of
             # bench/profile_apply.py (5,000 events/s), 0.05 s planned for each call.
-            await driver.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            await plan_for_arguments(driver)
             rows = await driver.fetch(
                 "WITH c AS (SELECT ctid AS row_id, entry_id, attempts FROM eventlog_deliveries"
                 " WHERE topic = $1 AND group_name = $2"
@@ -295,7 +295,7 @@ class SqlEventLog:
                 # scan every delivery for each deleted entry; planned for each call it looks the
                 # entry up in its index.
                 driver = await driver_connection(conn)
-                await driver.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+                await plan_for_arguments(driver)
                 keys = sorted(int(i) for i in ids)
                 await driver.execute(
                     "WITH d AS (DELETE FROM eventlog_deliveries"

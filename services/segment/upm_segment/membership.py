@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from upm.profile.v1 import profile_service_pb2 as profile_pb
 from upm.segment.v1 import segment_service_pb2 as pb
-from upm_common.db import driver_connection
+from upm_common.db import driver_connection, plan_for_arguments
 from upm_common.eventlog import (
     MEMBERSHIP_CHANGES,
     PROFILE_CHANGES,
@@ -524,11 +524,11 @@ class MembershipWorker:
                 horizons = pg_batch.earliest(list(reach.values()), key)
                 await pg_batch.load_events(driver, {pid: loaded[pid] for pid in pids}, horizons)
             if self.read_engine is self.engine:
-                await pg_batch.plan_for_arguments(driver)
+                await plan_for_arguments(driver)
                 return loaded, await pg_batch.stored_rows(driver, chosen)
         async with self.engine.connect() as conn:
             driver = await driver_connection(conn)
-            await pg_batch.plan_for_arguments(driver)
+            await plan_for_arguments(driver)
             return loaded, await pg_batch.stored_rows(driver, chosen)
 
     def _needs(self, segment_ids: tuple[str, ...]) -> pg_batch.Needs:
@@ -585,7 +585,7 @@ class MembershipWorker:
             async with self.engine.begin() as conn:
                 if conn.dialect.name == "postgresql":
                     driver = await driver_connection(conn)
-                    await pg_batch.plan_for_arguments(driver)
+                    await plan_for_arguments(driver)
                     await pg_batch.save_rows(driver, rows, now)
                 else:
                     await self.store.save_memberships(conn, rows, now)

@@ -69,16 +69,6 @@ _SAVE = (
 )
 
 
-async def plan_for_arguments(driver: Any) -> None:
-    """Plan the rest of the transaction's statements for their arguments. The worker's own
-    tables outgrow their statistics within seconds (from "empty" when the service starts),
-    and a cached generic plan made from those read memberships by comparing every row with
-    every id of the array (0.2 s for 2,000 ids of 35,000 rows). Only the statements on those
-    tables pay the planning (a few milliseconds with a 2,000-id array); the read model's are
-    planned well once."""
-    await driver.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-
-
 @dataclass(frozen=True)
 class Needs:
     """What evaluating some segments reads of a profile besides its events."""
