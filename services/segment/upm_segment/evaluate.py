@@ -353,10 +353,14 @@ def _edge_offsets(node: EventNode) -> list[timedelta]:
     return offsets
 
 
-def next_edge(condition: m.Condition, profile: ProfileData, now: datetime) -> datetime | None:
+def next_edge(
+    condition: m.Condition | Plan, profile: ProfileData, now: datetime
+) -> datetime | None:
     """The earliest time after `now` at which the membership may change with no new data; None
-    when it cannot. The scheduler re-evaluates the profile then."""
-    return _next_edge(plan(condition), _Matches(profile), now)
+    when it cannot. The scheduler re-evaluates the profile then. A segment's `plan` may be
+    passed instead of its condition, so that it is not planned again per profile."""
+    prepared = condition if isinstance(condition, Plan) else plan(condition)
+    return _next_edge(prepared, _Matches(profile), now)
 
 
 def _next_edge(prepared: Plan, matches: _Matches, now: datetime) -> datetime | None:

@@ -337,7 +337,7 @@ class MembershipWorker:
                 loaded = await load_profiles(conn, ordered[start : start + 2000], events=horizons)
                 for profile_id, data in loaded.items():
                     if gate_holds(segment.plan, data):
-                        edges[profile_id] = next_edge(segment.resolved, data, now)
+                        edges[profile_id] = next_edge(segment.plan, data, now)
         async with self.engine.connect() as conn:
             before = await self.store.segment_members(conn, record.id)
         rows = [
@@ -507,22 +507,23 @@ class MembershipWorker:
             driver = await driver_connection(conn)
             used = tuple(sorted({s.record.id for items in chosen.values() for s in items}))
             loaded = await pg_batch.load_live(driver, chosen, self._needs(used))
-            # Per segment, the event names it reads from their horizons; per profile, the
+            # Per event name, how far back any of the segments reads it; per profile, the
             # names of the segments whose gate holds.
-            reach = {sid: event_horizons([self._segments[sid].resolved], now) for sid in used}
+            horizons = event_horizons([self._segments[sid].resolved for sid in used], now)
             groups: dict[tuple[str, ...], list[str]] = defaultdict(list)
             for pid, data in loaded.items():
                 names = {
                     name
                     for s in chosen[pid]
                     if gate_holds(s.plan, data)
-                    for name in reach[s.record.id]
+                    for name in s.deps.event_names
                 }
                 if names:
                     groups[tuple(sorted(names))].append(pid)
             for key, pids in pg_batch.merge_groups(groups, MAX_READ_GROUPS).items():
-                horizons = pg_batch.earliest(list(reach.values()), key)
-                await pg_batch.load_events(driver, {pid: loaded[pid] for pid in pids}, horizons)
+                await pg_batch.load_events(
+                    driver, {pid: loaded[pid] for pid in pids}, {n: horizons[n] for n in key}
+                )
             if self.read_engine is self.engine:
                 await plan_for_arguments(driver)
                 return loaded, await pg_batch.stored_rows(driver, chosen)

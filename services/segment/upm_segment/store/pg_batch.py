@@ -181,15 +181,3 @@ def merge_groups(
     merged = [pid for _, pids in rest for pid in pids]
     kept[union] = kept.get(union, []) + merged
     return kept
-
-
-def earliest(
-    horizons: Collection[Mapping[str, datetime | None]], names: Iterable[str]
-) -> dict[str, datetime | None]:
-    """Of each name, the earliest horizon among `horizons` that have it (None: since ever)."""
-    merged: dict[str, datetime | None] = {}
-    for name in names:
-        found = [h[name] for h in horizons if name in h]
-        known = [t for t in found if t is not None]
-        merged[name] = min(known) if len(known) == len(found) else None
-    return merged
