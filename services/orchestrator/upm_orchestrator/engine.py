@@ -48,26 +48,15 @@ class MessageSpec:
 
     def rule_key(self) -> tuple[object, ...]:
         """Everything about the message that decides which rules apply (not variant or key)."""
-        return (
-            self.campaign_id,
-            self.category,
-            self.tags,
-            self.intent_key,
-            self.purpose,
-            self.priority,
-        )
+        return self._key(self.intent_key)
 
     def shape_key(self) -> tuple[object, ...]:
         """`rule_key` with only whether there is an intent key: intent keys are usually one
         per message sent, and which rules apply does not depend on their value."""
-        return (
-            self.campaign_id,
-            self.category,
-            self.tags,
-            bool(self.intent_key),
-            self.purpose,
-            self.priority,
-        )
+        return self._key(bool(self.intent_key))
+
+    def _key(self, intent: object) -> tuple[object, ...]:
+        return (self.campaign_id, self.category, self.tags, intent, self.purpose, self.priority)
 
 
 @dataclass(frozen=True)
@@ -230,9 +219,9 @@ def calendar_window(kind: int, now: datetime, zone: ZoneInfo) -> tuple[datetime,
     return local_midnight(first, zone), local_midnight(after, zone)
 
 
-# Calendar windows by (kind, zone): (start ms, end ms, start, end). A window is reused while
-# `now` lies inside it, so the zone arithmetic runs once per window, not once per decision.
-_WINDOWS: dict[tuple[int, ZoneInfo], tuple[int, int, datetime, datetime]] = {}
+# Calendar windows by (kind, zone): (start ms, end ms, end). A window is reused while `now`
+# lies inside it, so the zone arithmetic runs once per window, not once per decision.
+_WINDOWS: dict[tuple[int, ZoneInfo], tuple[int, int, datetime]] = {}
 _MAX_WINDOWS = 4096
 
 
@@ -243,12 +232,13 @@ def cached_calendar_window(
     inside the window."""
     hit = _WINDOWS.get((kind, zone))
     if hit is not None and hit[0] <= now_ms < hit[1]:
-        return hit[0], hit[3]
+        return hit[0], hit[2]
     start, end = calendar_window(kind, now, zone)
     if len(_WINDOWS) >= _MAX_WINDOWS:
         _WINDOWS.clear()
-    _WINDOWS[(kind, zone)] = (to_ms(start), to_ms(end), start, end)
-    return to_ms(start), end
+    start_ms = to_ms(start)
+    _WINDOWS[(kind, zone)] = (start_ms, to_ms(end), end)
+    return start_ms, end
 
 
 def quiet_hours_end(
