@@ -436,20 +436,6 @@ async def _evalsha_usec(redis: Any) -> tuple[int, int]:
     return int(stats.get("calls", 0)), int(stats.get("usec", 0))
 
 
-async def _cleanup_redis(redis: Any, pattern: str) -> int:
-    """Delete every key matching `pattern` (SCAN + UNLINK in batches)."""
-    deleted = 0
-    batch: list[bytes] = []
-    async for key in redis.scan_iter(match=pattern, count=10_000):
-        batch.append(key)
-        if len(batch) >= 10_000:
-            deleted += await redis.unlink(*batch)
-            batch = []
-    if batch:
-        deleted += await redis.unlink(*batch)
-    return deleted
-
-
 def _median(values: list[float]) -> float:
     return round(statistics.median(values), 3)
 
@@ -465,7 +451,7 @@ async def _measure(  # noqa: PLR0917
     run = uuid.uuid4().hex[:8]
     redis = None
     if backend == "redis":
-        from upm_common.redis import create_redis
+        from upm_common.redis import create_redis, delete_matching
 
         redis = create_redis(REDIS_URL)
     result: dict[str, Any] = {}
@@ -542,7 +528,7 @@ async def _measure(  # noqa: PLR0917
         result["health_check_floor"] = floor
     finally:
         if redis is not None:
-            result["redis_keys_deleted"] = await _cleanup_redis(redis, f"upmbench:{run}*")
+            result["redis_keys_deleted"] = await delete_matching(redis, f"upmbench:{run}*")
             await redis.aclose()
     return result
 

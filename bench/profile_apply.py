@@ -63,7 +63,7 @@ from upm_common.eventlog import EVENTS, Delivery, EventLog, LogRecord
 from upm_common.eventlog.redis import RedisEventLog
 from upm_common.eventlog.sql import SqlEventLog
 from upm_common.migrations import upgrade
-from upm_common.redis import create_redis
+from upm_common.redis import create_redis, delete_matching
 from upm_profile.changes import OutboxPublisher, SqlLogPublisher, relay_forever
 from upm_profile.effects import EventEffects, public_event_id
 from upm_profile.identifiers import BlockList
@@ -402,17 +402,11 @@ async def _apply_throughput(
         return await _apply_throughput_on(setup, payloads, keys, processes)
     finally:
         if setup.transport == "redis":
-            await _delete_keys(setup.prefix)
-
-
-async def _delete_keys(prefix: str) -> None:
-    redis = create_redis(REDIS_URL)
-    try:
-        keys = [key async for key in redis.scan_iter(match=f"{prefix}:*", count=1000)]
-        if keys:
-            await redis.delete(*keys)
-    finally:
-        await redis.aclose()
+            redis = create_redis(REDIS_URL)
+            try:
+                await delete_matching(redis, f"{setup.prefix}:*")
+            finally:
+                await redis.aclose()
 
 
 async def _apply_throughput_on(

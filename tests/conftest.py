@@ -150,13 +150,13 @@ async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
     """A key prefix unique to this test; every key under it is deleted afterwards."""
     from redis.asyncio import Redis
 
+    from upm_common.redis import delete_matching
+
     prefix = f"upmtest:{uuid.uuid4().hex[:12]}:"
     yield prefix
     client = Redis.from_url(redis_url)
     try:
-        keys = [key async for key in client.scan_iter(match=f"*{prefix}*", count=1000)]
-        if keys:
-            await client.delete(*keys)
+        await delete_matching(client, f"*{prefix}*")
     finally:
         await client.aclose()
 

@@ -22,3 +22,18 @@ def create_redis(url: str, *, max_connections: int = 64) -> Redis:
         decode_responses=False,
     )
     return Redis.from_pool(pool)
+
+
+async def delete_matching(redis: Redis, pattern: str, *, batch: int = 10_000) -> int:
+    """Delete every key matching `pattern` (SCAN, then UNLINK in batches); returns how many.
+    For tools and tests that clean up the keys they made under a prefix."""
+    deleted = 0
+    keys: list[bytes] = []
+    async for key in redis.scan_iter(match=pattern, count=batch):
+        keys.append(key)
+        if len(keys) >= batch:
+            deleted += await redis.unlink(*keys)
+            keys = []
+    if keys:
+        deleted += await redis.unlink(*keys)
+    return deleted

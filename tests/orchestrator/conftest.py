@@ -14,7 +14,7 @@ from upm.orchestrator.v1 import orchestrator_service_pb2 as pb
 from upm.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
 from upm_common.db import create_engine
 from upm_common.migrations import upgrade
-from upm_common.redis import create_redis
+from upm_common.redis import create_redis, delete_matching
 from upm_common.testing import serve_app
 from upm_orchestrator.directory import InMemoryProfileDirectory, InMemorySegmentDirectory
 from upm_orchestrator.engine import ProfileInfo
@@ -146,9 +146,7 @@ async def _delete_keys(redis_url: str, prefix: str) -> None:
     try:
         # The server is shared: a large COUNT keeps the walk over everyone's keys to a few
         # round trips.
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=20_000)]
-        if keys:
-            await client.unlink(*keys)
+        await delete_matching(client, f"{prefix}*", batch=20_000)
     finally:
         await client.aclose()
 
