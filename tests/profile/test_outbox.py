@@ -4,10 +4,13 @@ relay moves them to the stream, in order, once."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.profile.conftest import effects, make_event
 from upm.profile.v1 import profile_service_pb2 as pb
@@ -22,16 +25,31 @@ from upm_profile.store.tables import outbox
 pytestmark = pytest.mark.redis
 
 
+@asynccontextmanager
+async def _outbox_store(
+    url: str, redis_url: str, redis_prefix: str, *, partitions: int
+) -> AsyncIterator[tuple[AsyncEngine, SqlProfileStore, RedisEventLog]]:
+    """A store publishing to the outbox, and the Redis Streams change feed its relay fills."""
+    engine = create_engine(url)
+    await upgrade(engine, "profile")
+    redis = Redis.from_url(redis_url)
+    log = RedisEventLog(redis, partitions=partitions, prefix=redis_prefix + "log")
+    await log.ensure_group(PROFILE_CHANGES, "segment")
+    try:
+        yield engine, SqlProfileStore(engine, OutboxPublisher()), log
+    finally:
+        await redis.aclose()
+        await engine.dispose()
+
+
 async def test_outbox_relays_changes_to_redis_streams(
     db_url: str, redis_url: str, redis_prefix: str
 ) -> None:
-    engine = create_engine(db_url)
-    await upgrade(engine, "profile")
-    redis = Redis.from_url(redis_url)
-    log = RedisEventLog(redis, partitions=2, prefix=redis_prefix + "log")
-    await log.ensure_group(PROFILE_CHANGES, "segment")
-    store = SqlProfileStore(engine, OutboxPublisher())
-    try:
+    async with _outbox_store(db_url, redis_url, redis_prefix, partitions=2) as (
+        engine,
+        store,
+        log,
+    ):
         await store.apply(
             effects(
                 make_event("identify", user_id="ob-1", traits={"plan": "pro"}),
@@ -53,9 +71,6 @@ async def test_outbox_relays_changes_to_redis_streams(
                 pb.PROFILE_CHANGE_TYPE_TRAITS_CHANGED,
             ]
         )
-    finally:
-        await redis.aclose()
-        await engine.dispose()
 
 
 @pytest.mark.postgres
@@ -64,13 +79,11 @@ async def test_relays_at_once_move_every_change_once_in_outbox_order(
 ) -> None:
     """Several pods each run a relay: every change reaches the feed exactly once, and the feed
     holds them in the order of the outbox."""
-    engine = create_engine(pg_url)
-    await upgrade(engine, "profile")
-    redis = Redis.from_url(redis_url)
-    log = RedisEventLog(redis, partitions=1, prefix=redis_prefix + "log")
-    await log.ensure_group(PROFILE_CHANGES, "segment")
-    store = SqlProfileStore(engine, OutboxPublisher())
-    try:
+    async with _outbox_store(pg_url, redis_url, redis_prefix, partitions=1) as (
+        engine,
+        store,
+        log,
+    ):
         for start in range(0, 600, 200):
             await store.apply(
                 effects(
@@ -101,6 +114,3 @@ async def test_relays_at_once_move_every_change_once_in_outbox_order(
         assert sum(moved) == len(queued)
         fed = [d.payload for d in await log.claim(PROFILE_CHANGES, "segment", "c", 10_000)]
         assert fed == queued
-    finally:
-        await redis.aclose()
-        await engine.dispose()
