@@ -69,3 +69,41 @@ async def test_a_backlog_survives_the_lease_migration_both_ways(db_url: str) -> 
         assert await log.pending(TOPIC, "g") == 3
     finally:
         await engine.dispose()
+
+
+async def test_an_entry_is_kept_until_the_last_group_acknowledges_it(db_url: str) -> None:
+    engine = create_engine(db_url)
+
+    async def retained() -> list[bytes]:
+        async with engine.connect() as conn:
+            rows = await conn.execute(text("SELECT payload FROM eventlog_entries ORDER BY id"))
+            return [bytes(r[0]) for r in rows]
+
+    try:
+        await upgrade(engine, "eventlog")
+        log = SqlEventLog(engine)
+        for group in ("g", "h", "i"):
+            await log.ensure_group(TOPIC, group)
+        await log.ensure_group("other-topic", "g")
+        await log.append("other-topic", records(1))
+        await log.append(TOPIC, records(3))
+        first = await log.claim(TOPIC, "g", "c1", 10)
+        await log.ack(TOPIC, "g", [d.id for d in first])
+        await log.ack(TOPIC, "h", [d.id for d in await log.claim(TOPIC, "h", "c1", 2)])
+        # Acknowledged by g and h, event-0 and event-1 are still owed to i; event-2 to h and i.
+        assert await retained() == [b"event-0", b"event-0", b"event-1", b"event-2"]
+
+        await log.ack(TOPIC, "i", [d.id for d in await log.claim(TOPIC, "i", "c1", 1)])
+        assert await retained() == [b"event-0", b"event-1", b"event-2"]  # other-topic's stays
+        for group in ("h", "i"):
+            await log.ack(TOPIC, group, [d.id for d in await log.claim(TOPIC, group, "c1", 10)])
+        assert await retained() == [b"event-0"]
+        # A group created later is owed what is still retained of its topic.
+        await log.ensure_group("other-topic", "late")
+        for group in ("g", "late"):
+            assert await retained() == [b"event-0"]
+            claimed = await log.claim("other-topic", group, "c1", 10)
+            await log.ack("other-topic", group, [d.id for d in claimed])
+        assert await retained() == []
+    finally:
+        await engine.dispose()

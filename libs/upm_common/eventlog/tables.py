@@ -5,7 +5,6 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Column,
-    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -28,7 +27,6 @@ entries = Table(
     Column("key", String(512), nullable=False),
     Column("payload", LargeBinary, nullable=False),
     Column("appended_time", UtcDateTime, nullable=False),
-    Index("ix_eventlog_entries_topic_id", "topic", "id"),
 )
 
 groups = Table(
@@ -43,6 +41,8 @@ groups = Table(
 # No foreign key to the entry: its cascade trigger ran once per entry an ack deleted, and the log
 # deletes an entry only once no delivery needs it. `lease_until` is in no index and each page
 # keeps room (fillfactor), so leasing a delivery updates the row in place (HOT) on PostgreSQL.
+# No index but the primary key: whether another group still needs an entry is asked of each
+# other group of the topic by (topic, group, entry), not of an index by entry alone.
 deliveries = Table(
     "eventlog_deliveries",
     metadata,
@@ -52,7 +52,5 @@ deliveries = Table(
     Column("consumer", String(200), nullable=True),
     Column("lease_until", UtcDateTime, nullable=True),
     Column("attempts", Integer, nullable=False, default=0),
-    # An ack's check "does another group still need this entry" looks the entry up here.
-    Index("ix_eventlog_deliveries_entry", "entry_id"),
     postgresql_with={"fillfactor": 50},
 )
