@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, delete, exists, func, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
 
 from upm_common.db import driver_connection, plan_for_arguments
 from upm_common.eventlog.base import (
@@ -334,7 +335,7 @@ class SqlEventLog:
             select(groups.c.group_name).where(groups.c.topic == topic, groups.c.group_name != group)
         )
         others = result.scalars().all()
-        gone = entries.c.id.in_(entry_ids)
+        gone: ColumnElement[bool] = entries.c.id.in_(entry_ids)
         if others:
             # By primary key (topic, group, entry): deliveries have no index by entry alone.
             still_needed = exists().where(
