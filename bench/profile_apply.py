@@ -64,6 +64,7 @@ from upm_common.eventlog.redis import RedisEventLog
 from upm_common.eventlog.sql import SqlEventLog
 from upm_common.migrations import upgrade
 from upm_common.redis import create_redis, delete_matching
+from upm_common.server import run_event_loop, tune_garbage_collector
 from upm_profile.changes import OutboxPublisher, SqlLogPublisher, relay_forever
 from upm_profile.effects import EventEffects, public_event_id
 from upm_profile.identifiers import BlockList
@@ -394,7 +395,9 @@ async def _outbox_size(engine: AsyncEngine) -> int:
 
 
 def _process_main(setup: _Setup, done: Any, acked: Any) -> dict[str, Any]:
-    return asyncio.run(_drain_share(setup, done, acked))
+    # As `upm serve` and `upm worker` run a service's process.
+    tune_garbage_collector()
+    return run_event_loop(_drain_share(setup, done, acked))
 
 
 async def _apply_throughput(
@@ -604,7 +607,8 @@ async def _latency_share(url: str, batch: int, done: Any) -> dict[str, Any]:
 
 
 def _latency_main(url: str, batch: int, done: Any) -> dict[str, Any]:
-    return asyncio.run(_latency_share(url, batch, done))
+    tune_garbage_collector()
+    return run_event_loop(_latency_share(url, batch, done))
 
 
 async def _latency(url: str, events: Sequence[event_pb2.Event], rate: int) -> dict[str, Any]:

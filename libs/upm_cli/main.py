@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from upm_cli.services import COMMAND_MODULES, SERVICES, ServiceEntry
 from upm_common.logging import configure_logging
 from upm_common.migrations import upgrade_all
-from upm_common.server import RunningServer, run_apps, run_event_loop
+from upm_common.server import RunningServer, run_apps, run_event_loop, tune_garbage_collector
 from upm_common.settings import CommonSettings, SettingsError, load_settings
 
 DESCRIPTION = """\
@@ -89,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         common = load_settings(CommonSettings)
         if args.command in {"up", "serve", "worker", "migrate"}:
             configure_logging(common.log_format, common.log_level)
+        if args.command in {"up", "serve", "worker"}:
+            tune_garbage_collector()
         if args.command == "up":
             return run_event_loop(
                 _up(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -166,6 +167,22 @@ _SERVER_OPTIONS = [
     ("grpc.max_connection_age_ms", 300_000),
     ("grpc.max_connection_age_grace_ms", 30_000),
 ]
+
+
+# Allocations between two young collections. The default (700) collects every few events of a
+# profile worker's batch and walks the batch's thousands of live dicts each time.
+_GC_YOUNG_THRESHOLD = 20_000
+
+
+def tune_garbage_collector() -> None:
+    """Set up a service process's cyclic garbage collector for batch work; call once, after the
+    imports. Everything alive by then (modules, classes, tables, descriptors) is frozen out of
+    every later collection, and young collections run less often. Decoding batches of 4,000
+    events in a process holding 200,000 other lists took 57 us per event with the default
+    settings and 42 us with these (41 with no collection at all); the profile worker spent 15%
+    less CPU per event."""
+    gc.freeze()
+    gc.set_threshold(_GC_YOUNG_THRESHOLD, 10, 10)
 
 
 def run_event_loop(main: Coroutine[Any, Any, T]) -> T:

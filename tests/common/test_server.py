@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -270,3 +273,21 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings(CommonSettings)
     assert settings.grpc_port == 6000
     assert settings.reflection is False
+
+
+def test_a_service_process_leaves_what_it_imported_out_of_garbage_collection() -> None:
+    # In a fresh interpreter: the test process's own collector stays as it is.
+    probe = (
+        "import gc, json\n"
+        "from upm_common.server import tune_garbage_collector\n"
+        "before = gc.get_freeze_count(), gc.get_threshold()\n"
+        "tune_garbage_collector()\n"
+        "print(json.dumps([before, [gc.get_freeze_count(), gc.get_threshold()]]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    (frozen_before, threshold_before), (frozen, threshold) = json.loads(done.stdout)
+    assert frozen_before == 0 and threshold_before[0] == 700
+    assert frozen > 10_000  # the modules' objects
+    assert threshold[0] > 10 * threshold_before[0]
