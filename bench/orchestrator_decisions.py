@@ -619,9 +619,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.serve:
         backend, url, profiles, run_id = args.serve
-        from upm_common.server import run_event_loop
+        from upm_common.server import run_event_loop, tune_garbage_collector
 
-        # The server runs on the event loop the services' CLI gives it.
+        # The server runs as `upm serve` runs a service: its collector settings, its loop.
+        tune_garbage_collector()
         run_event_loop(_serve(backend, url, int(profiles), run_id))
         return 0
     print(json.dumps(asyncio.run(run(args.smoke, args.only)), indent=2))
