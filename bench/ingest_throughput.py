@@ -119,8 +119,8 @@ async def _serve_ingest(redis_url: str, prefix: str) -> None:
     from upm_common.logging import configure_logging
     from upm_common.migrations import upgrade
     from upm_common.redis import create_redis
-    from upm_common.server import build_server
-    from upm_ingest.server import build_ingest, tune_garbage_collector
+    from upm_common.server import build_server, tune_garbage_collector
+    from upm_ingest.server import build_ingest
     from upm_ingest.settings import IngestSettings
     from upm_ingest.store import SourceLimitOverrides
 
@@ -149,7 +149,7 @@ async def _serve_ingest(redis_url: str, prefix: str) -> None:
     record, write_key = await app.registry.create("bench", SourceLimitOverrides())
     running = await build_server(settings, app.service_app.registrations, port=0)
     await running.server.start()
-    tune_garbage_collector()  # as build_app does
+    tune_garbage_collector()  # as `upm serve` does once the app is built
     print(
         "READY "
         + json.dumps(

@@ -89,8 +89,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         common = load_settings(CommonSettings)
         if args.command in {"up", "serve", "worker", "migrate"}:
             configure_logging(common.log_format, common.log_level)
-        if args.command in {"up", "serve", "worker"}:
-            tune_garbage_collector()
         if args.command == "up":
             return run_event_loop(
                 _up(
@@ -132,6 +130,7 @@ async def _serve(entry: ServiceEntry, *, workers_only: bool) -> int:
     if not workers_only and settings.database_url.startswith("sqlite"):
         await upgrade_all(settings.database_url)
     app = await entry.build_app()(settings)
+    tune_garbage_collector()
     await run_apps(
         settings,
         [(settings, app)],
@@ -171,6 +170,7 @@ async def _up(
             print(line)
         print("Ctrl-C stops every service.", flush=True)
 
+    tune_garbage_collector()
     await run_apps(common, apps, on_started=announce)
     return 0
 

@@ -11,7 +11,6 @@ backend, a periodic purge of expired dedup rows.
 from __future__ import annotations
 
 import asyncio
-import gc
 from dataclasses import dataclass, field
 
 import structlog
@@ -180,30 +179,7 @@ async def build_ingest(
 async def build_app(settings: IngestSettings) -> ServiceApp:
     """The ingest service for the `upm` command line (see the module docstring)."""
     app = await build_ingest(settings)
-    tune_garbage_collector()
     return app.service_app
-
-
-YOUNG_GENERATION_THRESHOLD = 10_000
-"""Net allocations between two collections of the youngest generation (Python's default: 700)."""
-
-
-def tune_garbage_collector() -> None:
-    """Set the garbage collector up for serving.
-
-    - Move what start-up allocated out of the collector's full scans. The user agent parser's
-      tables, SQLAlchemy, gRPC and the protobuf descriptors leave a few hundred thousand
-      long-lived objects; without this, every full collection walks them all and stalls the
-      event loop for 100+ ms, which shows directly in the p99 acknowledgement latency.
-    - Collect the young generation less often. A batch of 500 events allocates thousands of
-      short-lived objects that reference counting frees anyway; at the default threshold the
-      collector ran several times per request and cost about 2 µs per event (a tenth of the
-      ingest path), for almost nothing found.
-    """
-    gc.collect()
-    gc.freeze()
-    _, middle, oldest = gc.get_threshold()
-    gc.set_threshold(YOUNG_GENERATION_THRESHOLD, middle, oldest)
 
 
 def _erased_identifiers(payload: bytes) -> list[tuple[str, str]]:
