@@ -13,9 +13,8 @@ import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, delete, exists, func, insert, literal, or_, select, update
+from sqlalchemy import delete, exists, func, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql.elements import ColumnElement
 
 from upm_common.db import driver_connection, plan_for_arguments
 from upm_common.eventlog.base import (
@@ -329,22 +328,17 @@ class SqlEventLog:
                 deliveries.c.entry_id.in_(entry_ids),
             )
         )
-        # Read after the delete, inside its transaction: a group created meanwhile is either
-        # seen here or copies only the entries still present when it commits.
-        result = await conn.execute(
-            select(groups.c.group_name).where(groups.c.topic == topic, groups.c.group_name != group)
+        # Whether another group of the topic still needs an entry, looked up by the
+        # deliveries' primary key (topic, group, entry): they have no index by entry alone.
+        other_groups = select(groups.c.group_name).where(
+            groups.c.topic == topic, groups.c.group_name != group
         )
-        others = result.scalars().all()
-        gone: ColumnElement[bool] = entries.c.id.in_(entry_ids)
-        if others:
-            # By primary key (topic, group, entry): deliveries have no index by entry alone.
-            still_needed = exists().where(
-                deliveries.c.topic == topic,
-                deliveries.c.group_name.in_(others),
-                deliveries.c.entry_id == entries.c.id,
-            )
-            gone = and_(gone, ~still_needed)
-        await conn.execute(delete(entries).where(gone))
+        still_needed = exists().where(
+            deliveries.c.topic == topic,
+            deliveries.c.group_name.in_(other_groups),
+            deliveries.c.entry_id == entries.c.id,
+        )
+        await conn.execute(delete(entries).where(entries.c.id.in_(entry_ids), ~still_needed))
 
     async def pending(self, topic: str, group: str) -> int:
         async with self._engine.connect() as conn:
