@@ -134,7 +134,7 @@ async def _serve(backend: str, database_url: str, profiles: int, run: str) -> No
     from upm.common.v1 import consent_pb2
     from upm_common.logging import configure_logging
     from upm_common.migrations import upgrade
-    from upm_common.server import build_server
+    from upm_common.server import build_server, tune_garbage_collector
     from upm_orchestrator.directory import InMemoryProfileDirectory, InMemorySegmentDirectory
     from upm_orchestrator.engine import ProfileInfo
     from upm_orchestrator.server import build_orchestrator
@@ -172,8 +172,9 @@ async def _serve(backend: str, database_url: str, profiles: int, run: str) -> No
         with_outcome_feed=False,
     )
     await app.orchestrator.create_policy(_policy())
-    # The in-memory directory stands in for the profile service; keep the collector off it.
-    gc.freeze()
+    # As `upm serve` does once the app is built; this also keeps the collector off the
+    # in-memory directory that stands in for the profile service.
+    tune_garbage_collector()
     running = await build_server(settings, app.service_app.registrations, port=0)
     await running.server.start()
     await running.set_serving(True)
@@ -619,10 +620,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.serve:
         backend, url, profiles, run_id = args.serve
-        from upm_common.server import run_event_loop, tune_garbage_collector
+        from upm_common.server import run_event_loop
 
-        # The server runs as `upm serve` runs a service: its collector settings, its loop.
-        tune_garbage_collector()
+        # The server runs on the event loop the services' CLI gives it.
         run_event_loop(_serve(backend, url, int(profiles), run_id))
         return 0
     print(json.dumps(asyncio.run(run(args.smoke, args.only)), indent=2))

@@ -348,6 +348,8 @@ async def _drain_share(setup: _Setup, done: Any, acked: Any) -> dict[str, Any]:
                 batch_size=setup.batch,
             )
         )
+    # As `upm serve` and `upm worker` do once a service's app is built.
+    tune_garbage_collector()
     relays = [
         asyncio.create_task(relay_forever(w.store.engine, w.event_log, idle_seconds=0.05))
         for w in workers
@@ -395,8 +397,6 @@ async def _outbox_size(engine: AsyncEngine) -> int:
 
 
 def _process_main(setup: _Setup, done: Any, acked: Any) -> dict[str, Any]:
-    # As `upm serve` and `upm worker` run a service's process.
-    tune_garbage_collector()
     return run_event_loop(_drain_share(setup, done, acked))
 
 
@@ -592,6 +592,7 @@ async def _latency_share(url: str, batch: int, done: Any) -> dict[str, Any]:
         consumer=f"lat-{os.getpid()}",
         batch_size=batch,
     )
+    tune_garbage_collector()  # as in _drain_share
     try:
         await worker.consume(block_seconds=IDLE_POLL_SECONDS, until=done.is_set)
     finally:
@@ -607,7 +608,6 @@ async def _latency_share(url: str, batch: int, done: Any) -> dict[str, Any]:
 
 
 def _latency_main(url: str, batch: int, done: Any) -> dict[str, Any]:
-    tune_garbage_collector()
     return run_event_loop(_latency_share(url, batch, done))
 
 
