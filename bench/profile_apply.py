@@ -21,6 +21,12 @@ same percentiles for each stage of that latency (waiting in the log, claim to ap
 commit) with the sizes of the applied batches. UPM_BENCH_PROFILE_LATENCY_ONLY=1 runs only this
 measure, UPM_BENCH_PROFILE_LATENCY_RATES (e.g. "5000") picks its rates.
 
+A third measure, `burst`, has one worker apply 12,000 events in batches of 200, as under light
+load, then a burst of 20,000 events appended at once; beside it, a worker applies the same events
+in batches of the default size, then the same burst. Their ratio shows whether what a worker
+settles on under light load (such as PostgreSQL's cached plans of its statements) slows it when
+the load rises.
+
 The throughput is measured on each event-log transport (UPM_BENCH_PROFILE_TRANSPORTS, default
 "sql,redis"): `sql` is the all-PostgreSQL deployment (the log, its claims and acknowledgements,
 and the change feed are tables in the same database); `redis` is the deployment the Kubernetes
@@ -108,6 +114,11 @@ LATENCY_RATES = [
     int(r) for r in os.environ.get("UPM_BENCH_PROFILE_LATENCY_RATES", "").split(",") if r.strip()
 ]
 START = datetime(2026, 1, 1, tzinfo=UTC)
+# The burst measure: light load as this many batches of this many events (about what the
+# latency measure's 5,000 events/s gives), then one burst.
+BURST_LIGHT_BATCH = 200
+BURST_LIGHT_BATCHES = 60
+BURST_EVENTS = 20_000
 
 
 def _server_url() -> str:
@@ -712,6 +723,80 @@ async def _latency(url: str, events: Sequence[event_pb2.Event], rate: int) -> di
     }
 
 
+async def _burst(
+    url: str, light: Sequence[LogRecord], light_batch: int, burst: Sequence[LogRecord]
+) -> dict[str, Any]:
+    """One worker on a fresh database applies `light` in batches of `light_batch` events, then
+    `burst`, appended at once, in batches of the default size; the burst is timed."""
+    engine = create_engine(url)
+    backend = _BackendCpu(engine)
+    event_log = SqlEventLog(engine)
+    await event_log.ensure_group(EVENTS, GROUP)
+    store = SqlProfileStore(engine, SqlLogPublisher(event_log))
+    worker = ProfileWorker(
+        store, event_log, blocklist=store.blocklist, consumer="burst", batch_size=BATCH
+    )
+    tune_garbage_collector()
+    try:
+        for start in range(0, len(light), light_batch):
+            await event_log.append(EVENTS, light[start : start + light_batch])
+            await worker.run_once()
+        await event_log.append(EVENTS, burst)
+        db_cpu = backend.seconds()
+        cpu = time.process_time()
+        started = time.perf_counter()
+        handled = 0
+        while handled < len(burst):
+            claimed = await worker.run_once()
+            if not claimed:
+                raise RuntimeError(f"the burst stopped at {handled} of {len(burst)} events")
+            handled += claimed
+        seconds = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+        end_db_cpu = backend.seconds()
+    finally:
+        await engine.dispose()
+    db_seconds = None if db_cpu is None or end_db_cpu is None else end_db_cpu - db_cpu
+    return {
+        "before": f"{len(light)} events in batches of {light_batch}",
+        "events": len(burst),
+        "seconds": round(seconds, 3),
+        "events_per_second": round(len(burst) / seconds),
+        "worker_cpu_us_per_event": round(cpu / len(burst) * 1e6),
+        "worker_db_cpu_us_per_event": (
+            None if db_seconds is None else round(db_seconds / len(burst) * 1e6)
+        ),
+    }
+
+
+async def _burst_after_light_load(smoke: bool) -> dict[str, Any]:
+    """A burst applied by a worker that has just applied small batches, as under light load,
+    beside the same burst applied by a worker that applied the same events before it in batches
+    of the default size (each on a fresh database). A worker that settled on something fit only
+    for small batches (PostgreSQL's cached plans of its statements) applies the burst slower."""
+    light_count = 100 if smoke else BURST_LIGHT_BATCHES * BURST_LIGHT_BATCH
+    burst_count = 1_000 if smoke else BURST_EVENTS
+    records = [
+        LogRecord(key=e.anonymous_id or e.user_id, payload=e.SerializeToString())
+        for e in generate(light_count + burst_count, seed=3)
+    ]
+    before, burst = records[:light_count], records[light_count:]
+    result: dict[str, Any] = {}
+    for name, batch in (("after_light_load", BURST_LIGHT_BATCH), ("after_full_batches", BATCH)):
+        database, url = await _create_database()
+        try:
+            await _migrate(url)
+            result[name] = await _burst(url, before, batch, burst)
+        finally:
+            await _drop_database(database)
+    result["light_vs_full"] = round(
+        result["after_light_load"]["events_per_second"]
+        / result["after_full_batches"]["events_per_second"],
+        3,
+    )
+    return result
+
+
 async def _one_run(
     events: Sequence[event_pb2.Event], processes: int, tasks: int, transport: str = "sql"
 ) -> dict[str, Any]:
@@ -765,6 +850,8 @@ async def run(smoke: bool) -> dict[str, Any]:
             target["raw_copy"] = median["raw_copy"]
             target["apply_vs_copy"] = median["apply_vs_copy"]
             target["runs_events_per_second"] = [r["apply"]["events_per_second"] for r in runs]
+    if not LATENCY_ONLY:
+        result["burst"] = await _burst_after_light_load(smoke)
     # The issue's latency target is at 5,000 events/s; a sustainable rate is measured beside it.
     result["latency"] = []
     for rate in LATENCY_RATES or ((500,) if smoke else (1_000, 5_000)):
