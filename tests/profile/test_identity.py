@@ -5,6 +5,8 @@ Runs on SQLite and PostgreSQL (the `db_url` fixture).
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from sqlalchemy import func, select
 
@@ -224,6 +226,35 @@ async def test_events_apply_once(store: SqlProfileStore) -> None:
     pid = next(iter(first.profile_ids.values()))
     view = (await store.load_profiles([pid]))[pid]
     assert [(c.name, c.count) for c in view.counts] == [("Clicked", 1)]
+
+
+async def test_a_profile_merged_away_twice_still_leads_to_the_live_one(
+    store: SqlProfileStore,
+) -> None:
+    async def profile_of(event_kind: str, **fields: Any) -> str:
+        result = await store.apply(effects(make_event(event_kind, **fields)))
+        return next(iter(result.profile_ids.values()))
+
+    first = await profile_of("page", anonymous_id="laptop", name="Home")
+    second = await profile_of("page", anonymous_id="phone", name="Home", minutes=1)
+    await profile_of("identify", anonymous_id="laptop", traits={"email": "kim@acme.org"}, minutes=2)
+    # The phone's profile and the laptop's share the email now: one of them is merged away.
+    await profile_of("identify", anonymous_id="phone", traits={"email": "kim@acme.org"}, minutes=3)
+    known = await profile_of("identify", user_id="kim-1", anonymous_id="tablet", minutes=4)
+    # The user's profile wins the second merge, over the winner of the first.
+    final = await profile_of(
+        "identify", user_id="kim-1", traits={"email": "kim@acme.org"}, minutes=5
+    )
+    assert final == known
+    assert await _live_count(store) == 1
+    assert await store.resolve_many([first, second, known]) == {
+        first: known,
+        second: known,
+        known: known,
+    }
+    view = (await store.load_profiles([known]))[known]
+    assert sorted(view.merged_ids) == sorted([first, second])
+    assert [(c.name, c.count) for c in view.counts] == [("Home", 2)]
 
 
 async def test_alias_links_previous_id(store: SqlProfileStore) -> None:
