@@ -581,15 +581,16 @@ async def _latency_share(url: str, batch: int, done: Any) -> dict[str, Any]:
     sizes: list[int] = []
     apply = store.apply
 
-    async def timed_apply(batch: Sequence[EventEffects]) -> ApplyResult:
+    async def timed_apply(batch: Sequence[EventEffects], **kwargs: Any) -> ApplyResult:
         # The change feed has one EVENT_APPLIED per profile and event name in a batch, so the
         # moment each event became readable is taken from the apply's return (its commit).
+        # An event carried into a later batch (busy) is started and committed in that one.
         begun = time.time()
-        result = await apply(batch)
+        result = await apply(batch, **kwargs)
         now = time.time()
         sizes.append(len(batch))
         for effects in batch:
-            started[public_event_id(effects.id)] = begun
+            started.setdefault(public_event_id(effects.id), begun)
         for event_id in result.profile_ids:
             committed[public_event_id(event_id)] = now
         return result

@@ -77,10 +77,10 @@ async def _store_with_a_poison_event(url: str) -> tuple[SqlProfileStore, SqlEven
     )
     real_apply = store.apply
 
-    async def flaky_apply(batch):  # type: ignore[no-untyped-def]
+    async def flaky_apply(batch, **kwargs):  # type: ignore[no-untyped-def]
         if any(e.name == "Boom" for e in batch):
             raise RuntimeError("poison")
-        return await real_apply(batch)
+        return await real_apply(batch, **kwargs)
 
     store.apply = flaky_apply  # type: ignore[method-assign]
     return store, log
@@ -108,4 +108,61 @@ async def test_consuming_loop_leaves_a_failing_event_unacknowledged(sqlite_url: 
         assert await store.owner_of(IdentifierKey("anonymous_id", "bad")) is None
         assert await log.pending(EVENTS, GROUP) == 1
     finally:
+        await store.engine.dispose()
+
+
+async def _applied(store: SqlProfileStore, anonymous_id: str) -> bool:
+    return await store.owner_of(IdentifierKey("anonymous_id", anonymous_id)) is not None
+
+
+@pytest.mark.postgres
+async def test_an_event_another_transaction_holds_is_carried_then_waited_for(
+    pg_url: str,
+) -> None:
+    """Another worker's transaction holds the person of the first event. The events after it
+    are applied meanwhile; the held one is carried into the next batch, then, still held, is
+    waited for rather than carried further; every delivery ends acknowledged."""
+    import asyncpg
+
+    store, log = await make_store(pg_url)
+    await log.ensure_group(EVENTS, GROUP)
+    names = ["held", "free-1", "free-2", "free-3", "free-4"]
+    await log.append(
+        EVENTS,
+        [
+            LogRecord(key=name, payload=make_event("page", anonymous_id=name).SerializeToString())
+            for name in names
+        ],
+    )
+    other = await asyncpg.connect(pg_url.replace("postgresql+asyncpg://", "postgresql://"))
+    transaction = other.transaction()
+    await transaction.start()
+    await other.execute(
+        "SELECT pg_advisory_xact_lock($1)", IdentifierKey("anonymous_id", "held").lock_id()
+    )
+    worker = ProfileWorker(store, log, blocklist=BlockList(), consumer="w", batch_size=2)
+
+    async def applied_when_the_worker_waits() -> list[bool]:
+        """Which events are applied once batches 1 [held, free-1] and 2 [free-2, free-3] are
+        (and a moment more); then the other transaction ends."""
+        try:
+            for _ in range(500):
+                if await _applied(store, "free-3"):
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)
+            return [await _applied(store, n) for n in names]
+        finally:
+            await transaction.commit()
+
+    try:
+        releasing = asyncio.create_task(applied_when_the_worker_waits())
+        handled = await asyncio.wait_for(worker.consume(block_seconds=0.0, until=lambda: True), 10)
+        # Carried twice, "held" was waited for: batch 3 [free-4] was not claimed meanwhile.
+        assert await releasing == [False, True, True, True, False]
+        assert handled == len(names)
+        assert [await _applied(store, n) for n in names] == [True] * len(names)
+        assert await log.pending(EVENTS, GROUP) == 0
+    finally:
+        await other.close()
         await store.engine.dispose()

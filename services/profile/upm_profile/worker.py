@@ -6,12 +6,21 @@ Batches are still applied one at a time and in claim order, and a batch is ackno
 once its apply has committed: a crash between the two redelivers it, and the store drops what it
 already applied. The next batch is claimed only once the apply before it is done: claimed
 earlier, it would sit leased while another worker could apply it.
+
+Workers share people: two batches of a busy log touch many of the same profiles. An event whose
+identifiers or profile another worker's transaction holds is not waited for (that wait was a
+third of a worker's time at full load, bench/profile_apply.py): `consume` carries it, still
+leased and unacknowledged, into the apply of the next batch, when the other transaction has
+usually committed. After `_CARRY_ROUNDS` batches, or when no new batch comes, it is applied
+waiting for the locks. Order within a person does not matter to the store: traits and consents
+go by event time, counts add up, and identity resolution converges in any order.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import structlog
 from google.protobuf.message import DecodeError
@@ -21,6 +30,7 @@ from upm.common.v1 import event_pb2
 from upm_common.eventlog import EVENTS, Delivery, EventLog
 from upm_profile.effects import EventEffects, effects_of_event
 from upm_profile.identifiers import BlockList
+from upm_profile.store.base import ApplyResult
 from upm_profile.store.sql import SqlProfileStore
 
 GROUP = "profile"
@@ -40,8 +50,21 @@ BATCH_SECONDS = Histogram(
 # before keeps its round trips going while the next batch is decoded.
 _DECODE_SLICE = 250
 _RETRY_SECONDS = 1.0
+# Batches an event held by another worker's transaction is carried into before it is applied
+# waiting for that transaction.
+_CARRY_ROUNDS = 2
 
-_Batch = tuple[list[Delivery], list[tuple[str, EventEffects]]]
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A decoded event waiting to be applied, and how many batches it was carried into."""
+
+    delivery_id: str
+    effects: EventEffects
+    carried: int = 0
+
+
+_Batch = tuple[list[Delivery], list[_Pending]]
 
 
 class ProfileWorker:
@@ -69,11 +92,12 @@ class ProfileWorker:
         self.default_region = default_region
 
     async def run_once(self, *, block_seconds: float = 0.0) -> int:
-        """Claim, apply and acknowledge one batch; returns how many deliveries it handled."""
+        """Claim, apply and acknowledge one batch (waiting for the locks other workers hold);
+        returns how many deliveries it handled."""
         deliveries, batch = await self._fetch(block_seconds)
         if not deliveries:
             return 0
-        done = await self._apply(deliveries, batch)
+        done, _ = await self._apply(deliveries, batch, wait=True)
         await self.event_log.ack(EVENTS, self.group, done)
         return len(deliveries)
 
@@ -81,25 +105,28 @@ class ProfileWorker:
         self, *, block_seconds: float = 1.0, until: Callable[[], bool] | None = None
     ) -> int:
         """Apply batches, each acknowledged while the next one is claimed and applied, until
-        cancelled, or until a claim started after `until()` held finds nothing; returns how many
-        deliveries it handled. A failed claim or acknowledgement is logged and the loop goes on
-        (an unacknowledged batch is redelivered once its lease ends)."""
+        cancelled, or until a claim started after `until()` held finds nothing (and nothing is
+        carried); returns how many deliveries it handled. A failed claim or acknowledgement is
+        logged and the loop goes on (an unacknowledged batch is redelivered once its lease
+        ends)."""
         handled = 0
         acking: asyncio.Task[None] | None = None
+        carried: list[_Pending] = []
         try:
             while True:
                 stopping = until is not None and until()
                 try:
-                    deliveries, batch = await self._fetch(block_seconds)
+                    # With events carried, an empty log is not waited on: they are applied.
+                    deliveries, batch = await self._fetch(0.0 if carried else block_seconds)
                 except Exception:
                     log.exception("profile_claim_failed", consumer=self.consumer)
                     await asyncio.sleep(_RETRY_SECONDS)
                     continue
-                if not deliveries:
+                if not deliveries and not carried:
                     if stopping:
                         break
                     continue
-                done = await self._apply(deliveries, batch)
+                done, carried = await self._apply(deliveries, carried + batch, wait=not deliveries)
                 if acking is not None:
                     await acking
                 acking = asyncio.create_task(self._ack(done))
@@ -131,7 +158,7 @@ class ProfileWorker:
             lease_seconds=self.lease_seconds,
             block_seconds=block_seconds,
         )
-        batch: list[tuple[str, EventEffects]] = []
+        batch: list[_Pending] = []
         for index, delivery in enumerate(deliveries):
             if index and not index % _DECODE_SLICE:
                 await asyncio.sleep(0)
@@ -148,39 +175,64 @@ class ProfileWorker:
                 default_region=self.default_region,
                 payload=delivery.payload,
             )
-            batch.append((delivery.id, effects))
+            batch.append(_Pending(delivery.id, effects))
         return deliveries, batch
 
     async def _apply(
-        self, deliveries: Sequence[Delivery], batch: list[tuple[str, EventEffects]]
-    ) -> list[str]:
-        """Apply a decoded batch; returns the delivery ids to acknowledge."""
+        self, deliveries: Sequence[Delivery], pending: list[_Pending], *, wait: bool
+    ) -> tuple[list[str], list[_Pending]]:
+        """Apply the new batch's decoded events and those carried into it. Returns the
+        delivery ids to acknowledge (the new deliveries, undecodable ones included, and the
+        carried ones, less what is carried on or failed) and the events to carry on: without
+        `wait`, those another transaction holds and not yet carried `_CARRY_ROUNDS` times."""
         done = [d.id for d in deliveries]
+        done += [p.delivery_id for p in pending if p.carried]
+        applied, failed = await self._apply_isolating(pending, wait=wait)
+        carry: list[_Pending] = []
+        if applied.busy:
+            busy = {e.id for e in applied.busy}
+            held = [p for p in pending if p.effects.id in busy]
+            carry = [_Pending(p.delivery_id, p.effects, p.carried + 1) for p in held]
+            overdue = [p for p in carry if p.carried >= _CARRY_ROUNDS]
+            if overdue:
+                carry = [p for p in carry if p.carried < _CARRY_ROUNDS]
+                failed |= (await self._apply_isolating(overdue, wait=True))[1]
+        if carry or failed:
+            left = failed | {p.delivery_id for p in carry}
+            done = [i for i in done if i not in left]
+        return done, carry
+
+    async def _apply_isolating(
+        self, pending: list[_Pending], *, wait: bool
+    ) -> tuple[ApplyResult, set[str]]:
+        """Apply `pending` in one call; if that fails, one event at a time (waiting), so that one
+        bad event does not hold back the others. Returns the first call's result (whose `busy`
+        events were not applied) and the delivery ids of the events that failed."""
+        failed: set[str] = set()
         with BATCH_SECONDS.time():
             try:
-                results = [await self.store.apply([e for _, e in batch])]
+                result = await self.store.apply([p.effects for p in pending], wait_for_busy=wait)
+                results = [result]
             except Exception:
-                # One bad event must not hold back the batch: apply one by one and leave the
-                # failing ones unacknowledged (redelivered, then dead-lettered).
-                log.exception("profile_batch_failed_retrying_one_by_one", size=len(batch))
-                results, failed = [], set()
-                for delivery_id, effects in batch:
+                # The failing ones stay unacknowledged (redelivered, then dead-lettered).
+                log.exception("profile_batch_failed_retrying_one_by_one", size=len(pending))
+                result, results = ApplyResult(0, 0, 0, 0, {}), []
+                for p in pending:
                     try:
-                        results.append(await self.store.apply([effects]))
+                        results.append(await self.store.apply([p.effects]))
                     except Exception:
-                        log.exception("profile_event_failed", delivery_id=delivery_id)
-                        failed.add(delivery_id)
+                        log.exception("profile_event_failed", delivery_id=p.delivery_id)
+                        failed.add(p.delivery_id)
                 EVENTS_APPLIED.labels("failed").inc(len(failed))
-                done = [i for i in done if i not in failed]
-        for result in results:
-            EVENTS_APPLIED.labels("applied").inc(result.applied)
-            EVENTS_APPLIED.labels("duplicate").inc(result.duplicates)
-            EVENTS_APPLIED.labels("suppressed").inc(result.suppressed)
-            EVENTS_APPLIED.labels("no_identifier").inc(result.dropped)
-            MERGES.inc(result.merges)
-            for rule, count in result.conflicts.items():
+        for outcome in results:
+            EVENTS_APPLIED.labels("applied").inc(outcome.applied)
+            EVENTS_APPLIED.labels("duplicate").inc(outcome.duplicates)
+            EVENTS_APPLIED.labels("suppressed").inc(outcome.suppressed)
+            EVENTS_APPLIED.labels("no_identifier").inc(outcome.dropped)
+            MERGES.inc(outcome.merges)
+            for rule, count in outcome.conflicts.items():
                 CONFLICTS.labels(rule).inc(count)
-        return done
+        return result, failed
 
     async def _ack(self, ids: Sequence[str]) -> None:
         try:

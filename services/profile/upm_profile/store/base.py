@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from upm_profile.identifiers import IdentifierKey
+
+if TYPE_CHECKING:
+    from upm_profile.effects import EventEffects
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +117,8 @@ class IdentityGraphView:
 
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
-    """What one apply call did: events applied, skipped as already applied or suppressed."""
+    """What one apply call did: events applied, skipped as already applied or suppressed, and
+    (asked not to wait for other transactions' locks) the events left for later (`busy`)."""
 
     applied: int
     duplicates: int
@@ -123,6 +127,7 @@ class ApplyResult:
     profile_ids: dict[str, str]
     merges: int = 0
     conflicts: dict[str, int] = field(default_factory=dict)
+    busy: list[EventEffects] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -380,8 +380,14 @@ class SqlProfileStore:
 
     # ------------------------------------------------------------------ apply
 
-    async def apply(self, batch: Sequence[EventEffects]) -> ApplyResult:
-        """Apply events (or consent calls) once each: identity, traits, consent, events."""
+    async def apply(
+        self, batch: Sequence[EventEffects], *, wait_for_busy: bool = True
+    ) -> ApplyResult:
+        """Apply events (or consent calls) once each: identity, traits, consent, events.
+
+        With `wait_for_busy=False`, the events whose identifiers or profiles another
+        transaction holds are not applied but returned in `busy` (PostgreSQL; SQLite has one
+        writer at a time, so nothing is ever busy there): the caller applies them later."""
         unique: dict[str, EventEffects] = {}
         dropped = 0
         for effects in batch:
@@ -395,7 +401,9 @@ class SqlProfileStore:
 
         in_batch_duplicates = len(batch) - dropped - len(items)
         if self.is_postgres and len(items) > 1:
-            return await self._apply_free_first(items, in_batch_duplicates, dropped)
+            return await self._apply_free_first(
+                items, in_batch_duplicates, dropped, wait_for_busy=wait_for_busy
+            )
 
         async def work(conn: AsyncConnection) -> ApplyResult:
             result = await self._apply_tx(conn, items, in_batch_duplicates)
@@ -405,10 +413,16 @@ class SqlProfileStore:
         return result
 
     async def _apply_free_first(
-        self, items: list[EventEffects], duplicates_in_batch: int, dropped: int
+        self,
+        items: list[EventEffects],
+        duplicates_in_batch: int,
+        dropped: int,
+        *,
+        wait_for_busy: bool,
     ) -> ApplyResult:
         """PostgreSQL: apply first, without waiting, the events whose identifiers and profiles
-        no other transaction holds, then the others, waiting for their locks.
+        no other transaction holds, then the others, waiting for their locks (or, without
+        `wait_for_busy`, return them as `busy`).
 
         Two workers' batches nearly always share a person somewhere (a batch of 2,000 events
         touches ~2,000 people), and waiting for that one person's locks made every batch wait
@@ -426,8 +440,8 @@ class SqlProfileStore:
             return await self._apply_tx(conn, items, duplicates_in_batch, deferred=deferred)
 
         first: ApplyResult = await self._transaction(free)
-        if not deferred:
-            return dataclasses.replace(first, dropped=dropped)
+        if not deferred or not wait_for_busy:
+            return dataclasses.replace(first, dropped=dropped, busy=list(deferred))
         rest = list(deferred)
 
         async def waiting(conn: AsyncConnection) -> ApplyResult:
