@@ -9,17 +9,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from tests.profile.conftest import effects, make_event, make_store
 from upm.common.v1 import event_pb2
+from upm_common.eventlog.tables import metadata as eventlog_metadata
 from upm_profile.store.tables import (
     consents,
     event_counts,
     event_daily,
     identifiers,
+    metadata,
     profiles,
     traits,
 )
@@ -89,6 +92,11 @@ def scenario() -> list[event_pb2.Event]:
 async def _state(url: str, batches: list[list[event_pb2.Event]]) -> set[str]:
     store, _ = await make_store(url)
     try:
+        if store.is_postgres:
+            # One database serves every example: emptied first.
+            tables = [*metadata.sorted_tables, *eventlog_metadata.sorted_tables]
+            async with store.engine.begin() as conn:
+                await conn.execute(text(f"TRUNCATE {', '.join(t.name for t in tables)}"))
         for batch in batches:
             await store.apply(effects(*batch))
         result: dict[str, dict[str, Any]] = {}
@@ -130,7 +138,10 @@ async def _state(url: str, batches: list[list[event_pb2.Event]]) -> set[str]:
         await store.engine.dispose()
 
 
-def _run(batches: list[list[event_pb2.Event]]) -> set[str]:
+def _run(batches: list[list[event_pb2.Event]], url: str | None = None) -> set[str]:
+    """The profiles after applying `batches` on `url`, or on a new SQLite database."""
+    if url is not None:
+        return asyncio.run(_state(url, batches))
     with tempfile.TemporaryDirectory() as folder:
         return asyncio.run(_state(f"sqlite+aiosqlite:///{Path(folder) / 'p.db'}", batches))
 
@@ -138,14 +149,34 @@ def _run(batches: list[list[event_pb2.Event]]) -> set[str]:
 BASELINE: set[str] = set()
 
 
+def _baseline() -> set[str]:
+    """The profiles of the scenario applied in time order one event at a time, on SQLite."""
+    if not BASELINE:
+        BASELINE.update(_run([[e] for e in scenario()]))
+        assert len(BASELINE) == 2
+    return BASELINE
+
+
+def _shuffled_batches(data: st.DataObject) -> list[list[event_pb2.Event]]:
+    order = data.draw(st.permutations(scenario()))
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(order) - 1), max_size=4)))
+    return [list(order[a:b]) for a, b in zip([0, *cuts], [*cuts, len(order)], strict=True)]
+
+
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_any_order_and_batching_gives_the_same_profiles(data: st.DataObject) -> None:
-    events = scenario()
-    if not BASELINE:
-        BASELINE.update(_run([[e] for e in events]))
-        assert len(BASELINE) == 2
-    order = data.draw(st.permutations(events))
-    cuts = sorted(data.draw(st.sets(st.integers(1, len(order) - 1), max_size=4)))
-    batches = [list(order[a:b]) for a, b in zip([0, *cuts], [*cuts, len(order)], strict=True)]
-    assert _run(batches) == BASELINE
+    assert _run(_shuffled_batches(data)) == _baseline()
+
+
+@pytest.mark.postgres
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_postgres_converges_to_the_profiles_sqlite_gives(pg_url: str, data: st.DataObject) -> None:
+    """PostgreSQL takes its own statements for locks, merges and aggregates; in any order and
+    batching it ends with the profiles SQLite gives."""
+    assert _run(_shuffled_batches(data), pg_url) == _baseline()

@@ -17,7 +17,7 @@ from upm_profile.effects import effects_of_event
 from upm_profile.identifiers import BlockList, IdentifierKey
 from upm_profile.resolution import Guards
 from upm_profile.store.sql import SqlProfileStore
-from upm_profile.store.tables import identity_conflicts, profiles
+from upm_profile.store.tables import event_daily, identity_conflicts, profiles
 
 
 def _ext(event, namespace: str, value: str):  # type: ignore[no-untyped-def]
@@ -255,6 +255,43 @@ async def test_a_profile_merged_away_twice_still_leads_to_the_live_one(
     view = (await store.load_profiles([known]))[known]
     assert sorted(view.merged_ids) == sorted([first, second])
     assert [(c.name, c.count) for c in view.counts] == [("Home", 2)]
+
+
+async def test_three_profiles_merged_by_one_event_add_up_their_counts(
+    store: SqlProfileStore,
+) -> None:
+    await store.apply(
+        effects(
+            make_event("page", anonymous_id="laptop", name="Home"),
+            make_event("screen", device_id="phone-1", name="Home", minutes=1),
+        )
+    )
+    shop = make_event(
+        "track", event="Order Completed", properties={"order_id": "o1", "revenue": 5}, minutes=2
+    )
+    shop.context.traits.update({"email": "kim@acme.org"})
+    home = make_event("page", name="Home", minutes=3)
+    home.context.traits.update({"email": "kim@acme.org"})
+    await store.apply(effects(shop, home))
+    assert await _live_count(store) == 3
+    # One event carries the three people's identifiers: both others merge into one profile.
+    link = make_event("identify", anonymous_id="laptop", device_id="phone-1", minutes=4)
+    link.traits.update({"email": "kim@acme.org"})
+    result = await store.apply(effects(link))
+    assert (result.merges, await _live_count(store)) == (2, 1)
+    pid = next(iter(result.profile_ids.values()))
+    view = (await store.load_profiles([pid]))[pid]
+    assert sorted((c.name, c.count) for c in view.counts) == [("Home", 3), ("Order Completed", 1)]
+    assert view.total_revenue == 5
+    async with store.engine.connect() as conn:
+        daily = (
+            await conn.execute(
+                select(event_daily.c.name, event_daily.c.count, event_daily.c.revenue).where(
+                    event_daily.c.profile_id == pid
+                )
+            )
+        ).all()
+    assert sorted(tuple(row) for row in daily) == [("Home", 3, 0.0), ("Order Completed", 1, 5.0)]
 
 
 async def test_alias_links_previous_id(store: SqlProfileStore) -> None:

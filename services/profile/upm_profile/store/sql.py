@@ -137,6 +137,17 @@ _APPLIED_COLUMNS = (
     "payload",
     "applied_time",
 )
+_MERGE_COLUMNS = (
+    "id",
+    "kind",
+    "winner_id",
+    "loser_id",
+    "rule",
+    "event_id",
+    "reason",
+    "identifiers",
+    "created_time",
+)
 _HISTORY_COLUMNS = (
     "profile_id",
     "name",
@@ -889,17 +900,17 @@ class SqlProfileStore:
         now = _now()
         for op in ops:
             records.append(
-                {
-                    "id": uuid.uuid4().hex,
-                    "kind": "merge",
-                    "winner_id": op.winner,
-                    "loser_id": op.loser,
-                    "rule": op.rule,
-                    "event_id": op.event_id,
-                    "reason": op.reason,
-                    "identifiers": sorted(set(held[op.loser])),
-                    "created_time": now,
-                }
+                (
+                    uuid.uuid4().hex,
+                    "merge",
+                    op.winner,
+                    op.loser,
+                    op.rule,
+                    op.event_id,
+                    op.reason,
+                    self._json_column(sorted(set(held[op.loser]))),
+                    now,
+                )
             )
             held[op.winner].extend(held[op.loser])
         for chunk_keys in _chunks(losers):
@@ -925,43 +936,76 @@ class SqlProfileStore:
                         updates[key3] = candidate
                 await self._merge_consents(conn, updates)
                 await conn.execute(delete(consents).where(consents.c.profile_id.in_(chunk_keys)))
-            count_adds: dict[tuple[str, str], tuple[int, datetime, datetime]] = {}
-            for r in await conn.execute(
-                select(event_counts).where(event_counts.c.profile_id.in_(chunk_keys))
-            ):
-                key2 = (target[r.profile_id], r.name)
-                old = count_adds.get(key2)
-                n = int(r._mapping["count"])
-                count_adds[key2] = (
-                    (n, r.first_time, r.last_time)
-                    if old is None
-                    else (old[0] + n, min(old[1], r.first_time), max(old[2], r.last_time))
-                )
-            if count_adds:
-                await self._add_counts(conn, count_adds)
-                await conn.execute(
-                    delete(event_counts).where(event_counts.c.profile_id.in_(chunk_keys))
-                )
-            daily_adds: dict[tuple[str, str, date], tuple[int, float]] = {}
-            for r in await conn.execute(
-                select(event_daily).where(event_daily.c.profile_id.in_(chunk_keys))
-            ):
-                key_day = (target[r.profile_id], r.name, r.day)
-                old_day = daily_adds.get(key_day, (0, 0.0))
-                daily_adds[key_day] = (
-                    old_day[0] + int(r._mapping["count"]),
-                    old_day[1] + r.revenue,
-                )
-            if daily_adds:
-                await self._add_daily(conn, daily_adds)
-                await conn.execute(
-                    delete(event_daily).where(event_daily.c.profile_id.in_(chunk_keys))
-                )
+            if self.is_postgres:
+                await self._move_aggregates_pg(conn, mapping)
+            else:
+                await self._move_aggregates(conn, chunk_keys, target)
             await conn.execute(delete(traits).where(traits.c.profile_id.in_(chunk_keys)))
             if touched_traits:
                 pairs = sorted({(target[r.profile_id], r.name) for r in touched_traits})
                 await self._recompute_trait_pairs(conn, pairs)
-        await conn.execute(insert(merges), records)
+        await self._insert_rows(conn, merges, _MERGE_COLUMNS, records)
+
+    async def _move_aggregates_pg(self, conn: AsyncConnection, mapping: dict[str, str]) -> None:
+        """Add the losers' event counts and daily buckets into their winners' and delete them:
+        one statement, the rows never leave the database."""
+        driver = await driver_connection(conn)
+        winner = "($2::text[])[array_position($1::text[], profile_id::text)]"
+        await driver.execute(
+            "WITH c AS (DELETE FROM profile_event_counts WHERE profile_id = ANY($1::text[])"
+            f" RETURNING {winner} AS winner, name, count, first_time, last_time),"
+            " d AS (DELETE FROM profile_event_daily WHERE profile_id = ANY($1::text[])"
+            f" RETURNING {winner} AS winner, name, day, count, revenue),"
+            " added_counts AS (INSERT INTO profile_event_counts"
+            " (profile_id, name, count, first_time, last_time)"
+            " SELECT winner, name, sum(count), min(first_time), max(last_time) FROM c"
+            " GROUP BY winner, name ORDER BY winner, name"
+            " ON CONFLICT (profile_id, name) DO UPDATE SET"
+            " count = profile_event_counts.count + excluded.count,"
+            " first_time = LEAST(profile_event_counts.first_time, excluded.first_time),"
+            " last_time = GREATEST(profile_event_counts.last_time, excluded.last_time))"
+            " INSERT INTO profile_event_daily (profile_id, name, day, count, revenue)"
+            " SELECT winner, name, day, sum(count), sum(revenue) FROM d"
+            " GROUP BY winner, name, day ORDER BY winner, name, day"
+            " ON CONFLICT (profile_id, name, day) DO UPDATE SET"
+            " count = profile_event_daily.count + excluded.count,"
+            " revenue = profile_event_daily.revenue + excluded.revenue",
+            list(mapping),
+            list(mapping.values()),
+        )
+
+    async def _move_aggregates(
+        self, conn: AsyncConnection, losers: Sequence[str], target: dict[str, str]
+    ) -> None:
+        """`_move_aggregates_pg` on SQLite: the rows read, added up in Python, written back."""
+        count_adds: dict[tuple[str, str], tuple[int, datetime, datetime]] = {}
+        for r in await conn.execute(
+            select(event_counts).where(event_counts.c.profile_id.in_(losers))
+        ):
+            key2 = (target[r.profile_id], r.name)
+            old = count_adds.get(key2)
+            n = int(r._mapping["count"])
+            count_adds[key2] = (
+                (n, r.first_time, r.last_time)
+                if old is None
+                else (old[0] + n, min(old[1], r.first_time), max(old[2], r.last_time))
+            )
+        if count_adds:
+            await self._add_counts(conn, count_adds)
+            await conn.execute(delete(event_counts).where(event_counts.c.profile_id.in_(losers)))
+        daily_adds: dict[tuple[str, str, date], tuple[int, float]] = {}
+        for r in await conn.execute(
+            select(event_daily).where(event_daily.c.profile_id.in_(losers))
+        ):
+            key_day = (target[r.profile_id], r.name, r.day)
+            old_day = daily_adds.get(key_day, (0, 0.0))
+            daily_adds[key_day] = (
+                old_day[0] + int(r._mapping["count"]),
+                old_day[1] + r.revenue,
+            )
+        if daily_adds:
+            await self._add_daily(conn, daily_adds)
+            await conn.execute(delete(event_daily).where(event_daily.c.profile_id.in_(losers)))
 
     async def _redirect_rows(
         self, conn: AsyncConnection, mapping: dict[str, str], now: datetime
@@ -1173,25 +1217,8 @@ class SqlProfileStore:
     async def _add_counts(
         self, conn: AsyncConnection, adds: dict[tuple[str, str], tuple[int, datetime, datetime]]
     ) -> None:
+        """Add to the event counts (SQLite; PostgreSQL adds them in its bulk statements)."""
         if not adds:
-            return
-        if self.is_postgres:
-            items = sorted(adds.items())
-            driver = await driver_connection(conn)
-            await driver.execute(
-                "INSERT INTO profile_event_counts (profile_id, name, count, first_time,"
-                " last_time) SELECT * FROM unnest($1::text[], $2::text[], $3::int[],"
-                " $4::timestamptz[], $5::timestamptz[])"
-                " ON CONFLICT (profile_id, name) DO UPDATE SET"
-                " count = profile_event_counts.count + excluded.count,"
-                " first_time = LEAST(profile_event_counts.first_time, excluded.first_time),"
-                " last_time = GREATEST(profile_event_counts.last_time, excluded.last_time)",
-                [k[0] for k, _ in items],
-                [k[1] for k, _ in items],
-                [v[0] for _, v in items],
-                [v[1] for _, v in items],
-                [v[2] for _, v in items],
-            )
             return
         stmt = self._insert(event_counts)
         stmt = stmt.on_conflict_do_update(
@@ -1221,24 +1248,8 @@ class SqlProfileStore:
     async def _add_daily(
         self, conn: AsyncConnection, adds: dict[tuple[str, str, date], tuple[int, float]]
     ) -> None:
+        """Add to the daily buckets (SQLite; PostgreSQL adds them in its bulk statements)."""
         if not adds:
-            return
-        if self.is_postgres:
-            day_items = sorted(adds.items())
-            driver = await driver_connection(conn)
-            await driver.execute(
-                "INSERT INTO profile_event_daily (profile_id, name, day, count, revenue)"
-                " SELECT * FROM unnest($1::text[], $2::text[], $3::date[], $4::int[],"
-                " $5::float8[])"
-                " ON CONFLICT (profile_id, name, day) DO UPDATE SET"
-                " count = profile_event_daily.count + excluded.count,"
-                " revenue = profile_event_daily.revenue + excluded.revenue",
-                [k[0] for k, _ in day_items],
-                [k[1] for k, _ in day_items],
-                [k[2] for k, _ in day_items],
-                [v[0] for _, v in day_items],
-                [v[1] for _, v in day_items],
-            )
             return
         stmt = self._insert(event_daily)
         stmt = stmt.on_conflict_do_update(
