@@ -5,13 +5,15 @@ link an anonymous id to a known user (with traits), 10% purchases (`Order Comple
 appends the events to the SQL event log as ingest does, keeping at most UPM_BENCH_PROFILE_BACKLOG
 (10,000) waiting, while ProfileWorkers in several processes consume it through the service's
 consuming loop (`ProfileWorker.consume`, what `run` does): claim, decode, identity resolution,
-traits, aggregates, change feed, acknowledge, each batch acknowledged while the next one is
-claimed and applied. The batch size is the service's default. The rate is events over the
-time from the workers' start to the last acknowledgement. Beside it: the CPU the workers and
-their PostgreSQL backends spent per event (read from /proc; the wall-clock rate moves with the
-machine's other load). The ceiling is a COPY of the same number of rows into a bare table shaped
-like profile_events, measured on the same database in the same run. Each run uses a fresh
-database; the figures are those of the median run (all runs are listed). Tune with
+traits, aggregates, change feed, acknowledge, each batch acknowledged while the next one is claimed
+and applied. The change feed has the consumer groups of a whole deployment (segment, orchestrator
+outcomes, ingest suppressions), so that on the SQL log each change record is fanned out to their
+deliveries as in production; nothing consumes them here. The batch size is the service's default.
+The rate is events over the time from the workers' start to the last acknowledgement. Beside it:
+the CPU the workers and their PostgreSQL backends spent per event (read from /proc; the wall-clock
+rate moves with the machine's other load). The ceiling is a COPY of the same number of rows into a
+bare table shaped like profile_events, measured on the same database in the same run. Each run uses
+a fresh database; the figures are those of the median run (all runs are listed). Tune with
 UPM_BENCH_PROFILE_PROCESSES / _WORKERS (per process) / _BATCH / _BACKLOG.
 
 A second measure appends events to the SQL event log at a fixed rate while two worker processes
@@ -65,12 +67,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from upm.common.v1 import event_pb2
 from upm_common.db import create_engine
-from upm_common.eventlog import EVENTS, Delivery, EventLog, LogRecord
+from upm_common.eventlog import EVENTS, PROFILE_CHANGES, Delivery, EventLog, LogRecord
 from upm_common.eventlog.redis import RedisEventLog
 from upm_common.eventlog.sql import SqlEventLog
 from upm_common.migrations import upgrade
 from upm_common.redis import create_redis, delete_matching
 from upm_common.server import run_event_loop, tune_garbage_collector
+from upm_common.settings import CommonSettings
+from upm_ingest.server import SUPPRESSION_GROUP
 from upm_profile.changes import OutboxPublisher, SqlLogPublisher, relay_forever
 from upm_profile.effects import EventEffects, public_event_id
 from upm_profile.identifiers import BlockList
@@ -210,6 +214,24 @@ def _event_log(transport: str, engine: AsyncEngine, prefix: str) -> tuple[EventL
         raise ValueError(f"unknown transport {transport!r}: sql or redis")
     redis = create_redis(REDIS_URL)
     return RedisEventLog(redis, prefix=prefix), redis
+
+
+# The consumer groups a whole deployment keeps on the change feed (segment workers, the
+# orchestrator's outcome feed, ingest's suppression feed): on the SQL log each change record the
+# workers append is fanned out to one delivery row per group, in the apply's transaction.
+CHANGE_FEED_GROUPS = (
+    CommonSettings.model_fields["segment_consumer_group"].default,
+    CommonSettings.model_fields["orchestrator_consumer_group"].default,
+    SUPPRESSION_GROUP,
+)
+
+
+async def _ensure_groups(log: EventLog) -> None:
+    """The profile workers' group on the events, and the change feed's groups (nobody consumes
+    those here: their deliveries wait, as they would behind busy consumers)."""
+    await log.ensure_group(EVENTS, GROUP)
+    for group in CHANGE_FEED_GROUPS:
+        await log.ensure_group(PROFILE_CHANGES, group)
 
 
 @dataclass(frozen=True)
@@ -416,7 +438,7 @@ async def _apply_throughput(
 ) -> dict[str, Any]:
     engine = create_engine(setup.url)
     log, redis = _event_log(setup.transport, engine, setup.prefix)
-    await log.ensure_group(EVENTS, GROUP)
+    await _ensure_groups(log)
     if redis is not None:
         await redis.aclose()
     await engine.dispose()
@@ -628,7 +650,7 @@ async def _latency(url: str, events: Sequence[event_pb2.Event], rate: int) -> di
     consume it; measure append acknowledged -> apply committed."""
     engine = create_engine(url)
     log = SqlEventLog(engine)
-    await log.ensure_group(EVENTS, GROUP)
+    await _ensure_groups(log)
     appended: dict[str, float] = {}
     entry_of: dict[str, str] = {}
     loop = asyncio.get_running_loop()
@@ -732,7 +754,7 @@ async def _burst(
     engine = create_engine(url)
     backend = _BackendCpu(engine)
     event_log = SqlEventLog(engine)
-    await event_log.ensure_group(EVENTS, GROUP)
+    await _ensure_groups(event_log)
     store = SqlProfileStore(engine, SqlLogPublisher(event_log))
     worker = ProfileWorker(
         store, event_log, blocklist=store.blocklist, consumer="burst", batch_size=BATCH
@@ -832,6 +854,7 @@ async def run(smoke: bool) -> dict[str, Any]:
         },
         "batch_size": BATCH,
         "targets": {"events_per_second": 20_000, "p99_ms_at_5000_per_second": 500},
+        "change_feed_groups": list(CHANGE_FEED_GROUPS),
     }
     if not LATENCY_ONLY:
         # The transports take turns run by run, so that the machine's drift over the minutes
