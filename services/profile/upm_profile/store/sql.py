@@ -226,9 +226,9 @@ class SqlProfileStore:
 
         On PostgreSQL every statement of the transaction is planned for its arguments. The
         statements take arrays of ids whose length follows the batch: after a worker's light
-        load (batches of a few events), PostgreSQL settled on generic plans that scan the
+        load (batches of 200 events), PostgreSQL settled on generic plans that scan the
         profiles by primary key for `id = ANY(...)` and move merged rows the same way. A burst
-        of 4,000-event batches then took 250 µs of database CPU per event instead of 80
+        of 4,000-event batches then took 163 µs of database CPU per event instead of 68
         (bench/profile_apply.py's burst measure). Planning each statement costs less than that
         at every batch size measured (10 to 4,000 events)."""
         for attempt in range(1, self.max_attempts + 1):
