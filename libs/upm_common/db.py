@@ -88,20 +88,24 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-async def driver_connection(conn: AsyncConnection) -> Any:
+_PER_CALL_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
+
+
+async def driver_connection(conn: AsyncConnection, *, plan_for_arguments: bool = False) -> Any:
     """The driver's own connection under `conn` (asyncpg on PostgreSQL), inside the
-    transaction of `conn`: hot paths send array statements and COPY straight to it."""
+    transaction of `conn`: hot paths send array statements and COPY straight to it.
+
+    With `plan_for_arguments`, the rest of the transaction's statements are planned for the
+    arguments of each call. For tables that grow from nearly empty within seconds (queues, a
+    worker's own tables) and for statements whose arrays follow the batch: a cached generic
+    plan made while they were small compares every row with every id of an array argument, and
+    stays that slow once they are large. Planning each call costs a few milliseconds. When the
+    transaction has not begun yet, that one statement begins it."""
     raw = await conn.get_raw_connection()
+    driver: Any = raw.driver_connection
     if getattr(raw.dbapi_connection, "_transaction", True) is None:
         # SQLAlchemy's asyncpg adapter begins its transaction on the first statement it runs.
-        await conn.execute(text("SELECT 1"))
-    return raw.driver_connection
-
-
-async def plan_for_arguments(driver: Any) -> None:
-    """Plan the rest of the transaction's statements for the arguments of each call
-    (PostgreSQL, on a driver connection from `driver_connection`). For tables that grow from
-    nearly empty within seconds (queues, a worker's own tables): a cached generic plan made
-    while they were small compares every row with every id of an array argument, and stays
-    that slow once they are large. Planning each call costs a few milliseconds."""
-    await driver.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        await conn.execute(text(_PER_CALL_PLANS if plan_for_arguments else "SELECT 1"))
+    elif plan_for_arguments:
+        await driver.execute(_PER_CALL_PLANS)
+    return driver

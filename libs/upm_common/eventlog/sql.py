@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import delete, exists, func, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from upm_common.db import driver_connection, plan_for_arguments
+from upm_common.db import driver_connection
 from upm_common.eventlog.base import (
     DEFAULT_MAX_ATTEMPTS,
     Delivery,
@@ -210,12 +210,11 @@ class SqlEventLog:
         lock step saw but the UPDATE's snapshot does not is left for a later claim rather than
         returned without a lease."""
         async with self._engine.begin() as conn:
-            driver = await driver_connection(conn)
             # Planned for each call, as the ack is: a worker's first claims meet a near-empty
             # table, and with the generic plan PostgreSQL settles on after them a claim of
             # 2,000 deliveries took 0.5-0.8 s under the latency measure of
             # bench/profile_apply.py (5,000 events/s), 0.05 s planned for each call.
-            await plan_for_arguments(driver)
+            driver = await driver_connection(conn, plan_for_arguments=True)
             rows = await driver.fetch(
                 "WITH c AS (SELECT ctid AS row_id, entry_id, attempts FROM eventlog_deliveries"
                 " WHERE topic = $1 AND group_name = $2"
@@ -295,8 +294,7 @@ class SqlEventLog:
                 # scan every delivery for each deleted entry; planned for each call it looks the
                 # entry up by primary key, once for each other group of the topic (none: no
                 # lookup at all).
-                driver = await driver_connection(conn)
-                await plan_for_arguments(driver)
+                driver = await driver_connection(conn, plan_for_arguments=True)
                 keys = sorted(int(i) for i in ids)
                 await driver.execute(
                     "WITH d AS (DELETE FROM eventlog_deliveries"

@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from upm.profile.v1 import profile_service_pb2 as profile_pb
 from upm.segment.v1 import segment_service_pb2 as pb
-from upm_common.db import driver_connection, plan_for_arguments
+from upm_common.db import driver_connection
 from upm_common.eventlog import (
     MEMBERSHIP_CHANGES,
     PROFILE_CHANGES,
@@ -525,11 +525,10 @@ class MembershipWorker:
                     driver, {pid: loaded[pid] for pid in pids}, {n: horizons[n] for n in key}
                 )
             if self.read_engine is self.engine:
-                await plan_for_arguments(driver)
+                await driver_connection(conn, plan_for_arguments=True)
                 return loaded, await pg_batch.stored_rows(driver, chosen)
         async with self.engine.connect() as conn:
-            driver = await driver_connection(conn)
-            await plan_for_arguments(driver)
+            driver = await driver_connection(conn, plan_for_arguments=True)
             return loaded, await pg_batch.stored_rows(driver, chosen)
 
     def _needs(self, segment_ids: tuple[str, ...]) -> pg_batch.Needs:
@@ -585,8 +584,7 @@ class MembershipWorker:
         if rows:
             async with self.engine.begin() as conn:
                 if conn.dialect.name == "postgresql":
-                    driver = await driver_connection(conn)
-                    await plan_for_arguments(driver)
+                    driver = await driver_connection(conn, plan_for_arguments=True)
                     await pg_batch.save_rows(driver, rows, now)
                 else:
                     await self.store.save_memberships(conn, rows, now)

@@ -43,7 +43,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from upm.profile.v1 import profile_service_pb2 as pb
-from upm_common.db import driver_connection, plan_for_arguments
+from upm_common.db import driver_connection
 from upm_common.errors import AbortedError, FailedPreconditionError, NotFoundError
 from upm_profile.changes import ChangePublisher, change
 from upm_profile.effects import ORDER_COMPLETED, EventEffects, replay_effects
@@ -237,7 +237,7 @@ class SqlProfileStore:
             try:
                 async with self.engine.begin() as conn:
                     if self.is_postgres:
-                        await plan_for_arguments(await driver_connection(conn))
+                        await driver_connection(conn, plan_for_arguments=True)
                     result = await work(conn)
                 for listener in self.listeners:
                     listener(pending)
