@@ -30,7 +30,6 @@ from upm.common.v1 import event_pb2
 from upm_common.eventlog import EVENTS, Delivery, EventLog
 from upm_profile.effects import EventEffects, effects_of_event
 from upm_profile.identifiers import BlockList
-from upm_profile.store.base import ApplyResult
 from upm_profile.store.sql import SqlProfileStore
 
 GROUP = "profile"
@@ -187,10 +186,9 @@ class ProfileWorker:
         `wait`, those another transaction holds and not yet carried `_CARRY_ROUNDS` times."""
         done = [d.id for d in deliveries]
         done += [p.delivery_id for p in pending if p.carried]
-        applied, failed = await self._apply_isolating(pending, wait=wait)
+        busy, failed = await self._apply_isolating(pending, wait=wait)
         carry: list[_Pending] = []
-        if applied.busy:
-            busy = {e.id for e in applied.busy}
+        if busy:
             held = [p for p in pending if p.effects.id in busy]
             carry = [_Pending(p.delivery_id, p.effects, p.carried + 1) for p in held]
             overdue = [p for p in carry if p.carried >= _CARRY_ROUNDS]
@@ -204,19 +202,21 @@ class ProfileWorker:
 
     async def _apply_isolating(
         self, pending: list[_Pending], *, wait: bool
-    ) -> tuple[ApplyResult, set[str]]:
+    ) -> tuple[set[str], set[str]]:
         """Apply `pending` in one call; if that fails, one event at a time (waiting), so that one
-        bad event does not hold back the others. Returns the first call's result (whose `busy`
-        events were not applied) and the delivery ids of the events that failed."""
+        bad event does not hold back the others. Returns the event ids left unapplied because
+        another transaction holds them (only without `wait`) and the delivery ids of the events
+        that failed."""
         failed: set[str] = set()
+        busy: set[str] = set()
         with BATCH_SECONDS.time():
             try:
-                result = await self.store.apply([p.effects for p in pending], wait_for_busy=wait)
-                results = [result]
+                results = [await self.store.apply([p.effects for p in pending], wait_for_busy=wait)]
+                busy = {e.id for e in results[0].busy}
             except Exception:
                 # The failing ones stay unacknowledged (redelivered, then dead-lettered).
                 log.exception("profile_batch_failed_retrying_one_by_one", size=len(pending))
-                result, results = ApplyResult(0, 0, 0, 0, {}), []
+                results = []
                 for p in pending:
                     try:
                         results.append(await self.store.apply([p.effects]))
@@ -232,7 +232,7 @@ class ProfileWorker:
             MERGES.inc(outcome.merges)
             for rule, count in outcome.conflicts.items():
                 CONFLICTS.labels(rule).inc(count)
-        return result, failed
+        return busy, failed
 
     async def _ack(self, ids: Sequence[str]) -> None:
         try:
