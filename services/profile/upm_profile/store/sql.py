@@ -93,6 +93,19 @@ _FAR = 1 << 30
 _LOCK_IDS = "(SELECT json_array_elements_text($1::json)::bigint AS k) AS l"
 # The rows (type, value) of a JSON parameter `[[type, value], ...]`.
 _KEY_ROWS = "SELECT r->>0 AS type, r->>1 AS value FROM json_array_elements({}::json) AS r"
+# How rows inserted into the event counts and daily buckets add to those already there: the
+# same for an applied batch and for the losers of a merge.
+_ADD_TO_COUNTS = (
+    " ON CONFLICT (profile_id, name) DO UPDATE SET"
+    " count = profile_event_counts.count + excluded.count,"
+    " first_time = LEAST(profile_event_counts.first_time, excluded.first_time),"
+    " last_time = GREATEST(profile_event_counts.last_time, excluded.last_time)"
+)
+_ADD_TO_DAILY = (
+    " ON CONFLICT (profile_id, name, day) DO UPDATE SET"
+    " count = profile_event_daily.count + excluded.count,"
+    " revenue = profile_event_daily.revenue + excluded.revenue"
+)
 
 
 _Loaded = tuple[
@@ -959,17 +972,10 @@ class SqlProfileStore:
             " added_counts AS (INSERT INTO profile_event_counts"
             " (profile_id, name, count, first_time, last_time)"
             " SELECT winner, name, sum(count), min(first_time), max(last_time) FROM c"
-            " GROUP BY winner, name ORDER BY winner, name"
-            " ON CONFLICT (profile_id, name) DO UPDATE SET"
-            " count = profile_event_counts.count + excluded.count,"
-            " first_time = LEAST(profile_event_counts.first_time, excluded.first_time),"
-            " last_time = GREATEST(profile_event_counts.last_time, excluded.last_time))"
+            f" GROUP BY winner, name ORDER BY winner, name{_ADD_TO_COUNTS})"
             " INSERT INTO profile_event_daily (profile_id, name, day, count, revenue)"
             " SELECT winner, name, day, sum(count), sum(revenue) FROM d"
-            " GROUP BY winner, name, day ORDER BY winner, name, day"
-            " ON CONFLICT (profile_id, name, day) DO UPDATE SET"
-            " count = profile_event_daily.count + excluded.count,"
-            " revenue = profile_event_daily.revenue + excluded.revenue",
+            f" GROUP BY winner, name, day ORDER BY winner, name, day{_ADD_TO_DAILY}",
             list(mapping),
             list(mapping.values()),
         )
@@ -1183,17 +1189,10 @@ class SqlProfileStore:
             await driver.execute(
                 "WITH c AS (INSERT INTO profile_event_counts (profile_id, name, count, first_time,"
                 " last_time) SELECT r->>0, r->>1, (r->>2)::int, (r->>3)::timestamptz,"
-                " (r->>4)::timestamptz FROM jsonb_array_elements($1::jsonb) AS r"
-                " ON CONFLICT (profile_id, name) DO UPDATE SET"
-                " count = profile_event_counts.count + excluded.count,"
-                " first_time = LEAST(profile_event_counts.first_time, excluded.first_time),"
-                " last_time = GREATEST(profile_event_counts.last_time, excluded.last_time)),"
+                f" (r->>4)::timestamptz FROM jsonb_array_elements($1::jsonb) AS r{_ADD_TO_COUNTS}),"
                 " d AS (INSERT INTO profile_event_daily (profile_id, name, day, count, revenue)"
                 " SELECT r->>0, r->>1, (r->>2)::date, (r->>3)::int, (r->>4)::float8"
-                " FROM jsonb_array_elements($2::jsonb) AS r"
-                " ON CONFLICT (profile_id, name, day) DO UPDATE SET"
-                " count = profile_event_daily.count + excluded.count,"
-                " revenue = profile_event_daily.revenue + excluded.revenue)"
+                f" FROM jsonb_array_elements($2::jsonb) AS r{_ADD_TO_DAILY})"
                 " UPDATE profile_profiles AS p SET updated_time = $3,"
                 " timezone = COALESCE(t->>1, p.timezone)"
                 " FROM jsonb_array_elements($4::jsonb) AS t WHERE p.id = t->>0",
