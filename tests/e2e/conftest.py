@@ -26,6 +26,22 @@ def free_port() -> int:
         return port
 
 
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive ports that are all free now (`upm up --base-port`)."""
+    while True:
+        base = free_port()
+        if base + count > 65536:
+            continue
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(base + 1, base + count):
+                    sock = stack.enter_context(contextlib.closing(socket.socket()))
+                    sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return base
+
+
 @pytest.fixture
 def upm_env(tmp_path: Path) -> dict[str, str]:
     """A clean environment for `upm`: its own SQLite file, no UPM_* from the caller."""

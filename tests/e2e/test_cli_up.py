@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import free_port, running, wait_serving
+from tests.e2e.conftest import free_port, free_ports, running, wait_serving
 from tests.e2e.test_cli_serve import SERVICE_NAMES
 
 pytestmark = pytest.mark.e2e
@@ -16,10 +16,10 @@ pytestmark = pytest.mark.e2e
 async def test_upm_up_starts_every_service_and_prints_its_endpoints(
     upm_env: dict[str, str], tmp_path: Path
 ) -> None:
-    base = free_port()
-    while any(free_port() == base + i for i in range(1, 4)):
-        base = free_port()
+    base = free_ports(len(SERVICE_NAMES))
     http_port = free_port()
+    while base <= http_port < base + len(SERVICE_NAMES):
+        http_port = free_port()
     env = dict(upm_env, UPM_LOG_FORMAT="json")
     args = ["up", "--base-port", str(base), "--http-port", str(http_port)]
     with running(args, env, tmp_path) as process:
