@@ -952,7 +952,7 @@ class SqlProfileStore:
             if self.is_postgres:
                 await self._move_aggregates_pg(conn, mapping)
             else:
-                await self._move_aggregates(conn, chunk_keys, target)
+                await self._move_aggregates(conn, mapping)
             await conn.execute(delete(traits).where(traits.c.profile_id.in_(chunk_keys)))
             if touched_traits:
                 pairs = sorted({(target[r.profile_id], r.name) for r in touched_traits})
@@ -980,15 +980,14 @@ class SqlProfileStore:
             list(mapping.values()),
         )
 
-    async def _move_aggregates(
-        self, conn: AsyncConnection, losers: Sequence[str], target: dict[str, str]
-    ) -> None:
+    async def _move_aggregates(self, conn: AsyncConnection, mapping: dict[str, str]) -> None:
         """`_move_aggregates_pg` on SQLite: the rows read, added up in Python, written back."""
+        losers = list(mapping)
         count_adds: dict[tuple[str, str], tuple[int, datetime, datetime]] = {}
         for r in await conn.execute(
             select(event_counts).where(event_counts.c.profile_id.in_(losers))
         ):
-            key2 = (target[r.profile_id], r.name)
+            key2 = (mapping[r.profile_id], r.name)
             old = count_adds.get(key2)
             n = int(r._mapping["count"])
             count_adds[key2] = (
@@ -1003,7 +1002,7 @@ class SqlProfileStore:
         for r in await conn.execute(
             select(event_daily).where(event_daily.c.profile_id.in_(losers))
         ):
-            key_day = (target[r.profile_id], r.name, r.day)
+            key_day = (mapping[r.profile_id], r.name, r.day)
             old_day = daily_adds.get(key_day, (0, 0.0))
             daily_adds[key_day] = (
                 old_day[0] + int(r._mapping["count"]),
