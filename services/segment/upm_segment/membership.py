@@ -525,7 +525,7 @@ class MembershipWorker:
                     driver, {pid: loaded[pid] for pid in pids}, {n: horizons[n] for n in key}
                 )
             if self.read_engine is self.engine:
-                await driver_connection(conn, plan_for_arguments=True)
+                driver = await driver_connection(conn, plan_for_arguments=True)
                 return loaded, await pg_batch.stored_rows(driver, chosen)
         async with self.engine.connect() as conn:
             driver = await driver_connection(conn, plan_for_arguments=True)
