@@ -75,6 +75,7 @@ from upm_common.migrations import upgrade
 from upm_common.redis import create_redis, delete_matching
 from upm_common.server import run_event_loop, tune_garbage_collector
 from upm_common.settings import CommonSettings
+from upm_ingest.events import identity_key
 from upm_ingest.server import SUPPRESSION_GROUP
 from upm_profile.changes import OutboxPublisher, SqlLogPublisher, relay_forever
 from upm_profile.effects import EventEffects, public_event_id
@@ -205,6 +206,11 @@ async def _drop_database(name: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+def _log_record(event: event_pb2.Event) -> LogRecord:
+    """The event as ingest appends it to the log (keyed by its identity)."""
+    return LogRecord(key=identity_key(event), payload=event.SerializeToString())
 
 
 @asynccontextmanager
@@ -685,10 +691,7 @@ async def _latency(url: str, events: Sequence[event_pb2.Event], rate: int) -> di
                 part = events[offset : offset + chunk]
                 entry_ids = await log.append(
                     EVENTS,
-                    [
-                        LogRecord(key=e.anonymous_id or e.user_id, payload=e.SerializeToString())
-                        for e in part
-                    ],
+                    [_log_record(e) for e in part],
                 )
                 acked = time.time()
                 for e, entry_id in zip(part, entry_ids, strict=True):
@@ -811,10 +814,7 @@ async def _burst_after_light_load(smoke: bool) -> dict[str, Any]:
     for small batches (PostgreSQL's cached plans of its statements) applies the burst slower."""
     light_count = 100 if smoke else BURST_LIGHT_BATCHES * BURST_LIGHT_BATCH
     burst_count = 1_000 if smoke else BURST_EVENTS
-    records = [
-        LogRecord(key=e.anonymous_id or e.user_id, payload=e.SerializeToString())
-        for e in generate(light_count + burst_count, seed=3)
-    ]
+    records = [_log_record(e) for e in generate(light_count + burst_count, seed=3)]
     before, burst = records[:light_count], records[light_count:]
     result: dict[str, Any] = {}
     for name, batch in (("after_light_load", BURST_LIGHT_BATCH), ("after_full_batches", BATCH)):
@@ -833,7 +833,7 @@ async def _one_run(
 ) -> dict[str, Any]:
     """Apply through the workers, then COPY the same rows, on one fresh database."""
     payloads = [e.SerializeToString() for e in events]
-    keys = [e.anonymous_id or e.user_id for e in events]
+    keys = [identity_key(e) for e in events]
     async with _fresh_database() as url:
         setup = _Setup(url, transport, f"upmbench:{uuid.uuid4().hex[:8]}", tasks)
         apply = await _apply_throughput(setup, payloads, keys, processes)
