@@ -67,14 +67,31 @@ def running(args: list[str], env: dict[str, str], cwd: Path) -> Iterator[subproc
     )
     try:
         yield process
+    except BaseException as exc:
+        # What the service said is the first thing a failure here needs (it is not printed).
+        _stop(process)
+        _, stderr = process.communicate()
+        exc.add_note(
+            f"upm {' '.join(args)} exited with {process.returncode}; the end of its stderr:\n"
+            + (stderr or "")[-_STDERR_SHOWN:]
+        )
+        raise
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        _stop(process)
+
+
+_STDERR_SHOWN = 4000
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    """SIGTERM, then SIGKILL after 15 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 async def wait_serving(port: int, service: str = "", timeout: float = 30.0) -> None:
