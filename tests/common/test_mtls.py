@@ -10,7 +10,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.e2e.conftest import free_port
+from tests.e2e.conftest import distinct_free_ports
 from upm_common.clients import create_channel
 from upm_common.server import build_server
 from upm_common.settings import CommonSettings
@@ -48,7 +48,7 @@ async def _check(channel: grpc.aio.Channel) -> int:
 async def test_only_clients_with_a_certificate_get_in_and_probes_use_the_health_port(
     pki: Path,
 ) -> None:
-    port, health_port = free_port(), free_port()
+    port, health_port = distinct_free_ports(2)
     server_settings = CommonSettings(
         grpc_port=port,
         health_port=health_port,

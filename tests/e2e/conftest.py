@@ -20,10 +20,20 @@ UPM = str(Path(sys.executable).with_name("upm"))
 
 
 def free_port() -> int:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return distinct_free_ports(1)[0]
+
+
+def distinct_free_ports(count: int) -> list[int]:
+    """`count` ports free now and different from each other: the sockets are held together
+    while the kernel picks them (one at a time, it may hand out the same port twice, and a
+    service given one port for two listeners cannot start)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(contextlib.closing(socket.socket()))
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 def free_ports(count: int) -> int:

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tests.e2e.conftest import UPM, free_port, running, wait_serving
+from tests.e2e.conftest import UPM, distinct_free_ports, running, wait_serving
 
 pytestmark = pytest.mark.e2e
 
@@ -37,9 +37,9 @@ async def reflected_services(port: int) -> list[str]:
 async def test_upm_serve_reports_serving_lists_itself_and_drains(
     service: str, upm_env: dict[str, str], tmp_path: Path
 ) -> None:
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port, http_port = distinct_free_ports(3)
     env = dict(upm_env, UPM_GRPC_PORT=str(port), UPM_METRICS_PORT=str(metrics_port))
-    env["UPM_HTTP_PORT"] = str(free_port())
+    env["UPM_HTTP_PORT"] = str(http_port)
     with running(["serve", service], env, tmp_path) as process:
         await wait_serving(port, SERVICE_NAMES[service])
         assert SERVICE_NAMES[service] in await reflected_services(port)
