@@ -255,7 +255,7 @@ async def _ensure_groups(log: EventLog) -> None:
         await log.ensure_group(PROFILE_CHANGES, group)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class _Setup:
     """Where one throughput run happens: its database, transport and Redis key prefix."""
 
@@ -507,6 +507,10 @@ async def _apply_throughput_on(
             )
         )
         append_seconds, feed_db_cpu = await feeding
+    handled = sum(p["handled"] for p in parts)
+    if handled < len(payloads):
+        # A rate over events the workers never took would be no measure at all.
+        raise RuntimeError(f"the workers handled {handled} of {len(payloads)} events")
     seconds = max(p["finished"] for p in parts) - min(p["started"] for p in parts)
     db_cpu = None if any(p["db_cpu"] is None for p in parts) else sum(p["db_cpu"] for p in parts)
     engine = create_engine(url)
@@ -850,11 +854,19 @@ async def _one_run(
     payloads = [e.SerializeToString() for e in events]
     keys = [identity_key(e) for e in events]
     async with _fresh_database() as url:
-        setup = _Setup(url, transport, f"upmbench:{uuid.uuid4().hex[:8]}", tasks)
+        setup = _Setup(
+            url=url, transport=transport, prefix=f"upmbench:{uuid.uuid4().hex[:8]}", tasks=tasks
+        )
         apply = await _apply_throughput(setup, payloads, keys, processes)
         copy = await _raw_copy(url, events)
     async with _fresh_database() as url:
-        setup = _Setup(url, transport, f"upmbench:{uuid.uuid4().hex[:8]}", tasks, False)
+        setup = _Setup(
+            url=url,
+            transport=transport,
+            prefix=f"upmbench:{uuid.uuid4().hex[:8]}",
+            tasks=tasks,
+            apply_events=False,
+        )
         ceiling = await _apply_throughput(setup, payloads, keys, processes)
     return {
         "apply": apply,

@@ -166,3 +166,14 @@ async def test_an_event_another_transaction_holds_is_carried_then_waited_for(
     finally:
         await other.close()
         await store.engine.dispose()
+
+
+async def test_a_worker_claiming_nothing_at_a_time_is_refused(sqlite_url: str) -> None:
+    """A batch size of 0 would have the worker poll forever and apply nothing: it fails at once,
+    naming the setting and the value."""
+    store, log = await make_store(sqlite_url)
+    try:
+        with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
+            ProfileWorker(store, log, blocklist=BlockList(), consumer="c", batch_size=0)
+    finally:
+        await store.engine.dispose()

@@ -81,6 +81,9 @@ class ProfileWorker:
         default_region: str | None = None,
         group: str = GROUP,
     ) -> None:
+        if batch_size < 1:
+            # A claim of nothing finds nothing: the worker would poll forever, applying nothing.
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.group = group
         self.store = store
         self.event_log = event_log
