@@ -23,17 +23,19 @@ def free_port() -> int:
     return distinct_free_ports(1)[0]
 
 
+def _bound(stack: contextlib.ExitStack, port: int) -> int:
+    """Bind a socket held until `stack` closes to `port` (0: one the kernel picks); its port."""
+    sock = stack.enter_context(contextlib.closing(socket.socket()))
+    sock.bind(("127.0.0.1", port))
+    return int(sock.getsockname()[1])
+
+
 def distinct_free_ports(count: int) -> list[int]:
     """`count` ports free now and different from each other: the sockets are held together
     while the kernel picks them (one at a time, it may hand out the same port twice, and a
     service given one port for two listeners cannot start)."""
     with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(contextlib.closing(socket.socket()))
-            sock.bind(("127.0.0.1", 0))
-            ports.append(int(sock.getsockname()[1]))
-        return ports
+        return [_bound(stack, 0) for _ in range(count)]
 
 
 def free_ports(count: int) -> int:
@@ -45,8 +47,7 @@ def free_ports(count: int) -> int:
         with contextlib.ExitStack() as stack:
             try:
                 for port in range(base + 1, base + count):
-                    sock = stack.enter_context(contextlib.closing(socket.socket()))
-                    sock.bind(("127.0.0.1", port))
+                    _bound(stack, port)
             except OSError:
                 continue
         return base
