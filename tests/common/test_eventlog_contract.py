@@ -151,6 +151,19 @@ async def test_claim_blocks_until_a_record_arrives(log: EventLog, topic: str) ->
     assert [d.payload for d in batch] == [b"event-0"]
 
 
+@pytest.mark.parametrize("max_count", [0, -1])
+async def test_a_claim_of_no_records_is_refused_and_leases_nothing(
+    log: EventLog, topic: str, max_count: int
+) -> None:
+    await log.ensure_group(topic, "g")
+    await log.append(topic, records(2))
+    with pytest.raises(ValueError, match=f"max_count must be at least 1, got {max_count}"):
+        await log.claim(topic, "g", "c", max_count, block_seconds=5)
+    # The refused claim took no lease: another consumer gets both records at once.
+    again = await log.claim(topic, "g", "other", 10)
+    assert [d.payload for d in again] == [b"event-0", b"event-1"]
+
+
 async def test_concurrent_consumers_share_the_work_without_overlap(
     log: EventLog, topic: str
 ) -> None:

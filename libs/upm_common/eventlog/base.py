@@ -34,6 +34,13 @@ def consumer_name(index: int = 0) -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{index}"
 
 
+def check_claim_count(max_count: int) -> None:
+    """Refuse a claim of fewer than one record: it would find nothing every time, and a
+    consumer polling with it would spin forever and apply nothing."""
+    if max_count < 1:
+        raise ValueError(f"max_count must be at least 1, got {max_count}")
+
+
 def dead_letter_topic(topic: str) -> str:
     """Where records go after too many failed deliveries."""
     return f"{topic}.dead"
@@ -78,7 +85,8 @@ class EventLog(Protocol):
         lease_seconds: float = 30.0,
         block_seconds: float = 0.0,
     ) -> list[Delivery]:
-        """Up to `max_count` records for this consumer: expired leases first, then new ones."""
+        """Up to `max_count` (at least 1) records for this consumer: expired leases first, then
+        new ones."""
         ...
 
     async def ack(self, topic: str, group: str, ids: Sequence[str]) -> None:

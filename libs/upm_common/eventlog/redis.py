@@ -45,6 +45,7 @@ from upm_common.eventlog.base import (
     DEFAULT_MAX_ATTEMPTS,
     Delivery,
     LogRecord,
+    check_claim_count,
     dead_letter_topic,
 )
 from upm_common.joining import CallJoiner
@@ -355,8 +356,7 @@ class RedisEventLog:
         lease_seconds: float = 30.0,
         block_seconds: float = 0.0,
     ) -> list[Delivery]:
-        if max_count <= 0:
-            return []
+        check_claim_count(max_count)
         lease_ms = max(1, min(int(lease_seconds * 1000), LEASE_HORIZON_MS))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + block_seconds

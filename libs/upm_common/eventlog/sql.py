@@ -21,6 +21,7 @@ from upm_common.eventlog.base import (
     DEFAULT_MAX_ATTEMPTS,
     Delivery,
     LogRecord,
+    check_claim_count,
     dead_letter_topic,
 )
 from upm_common.eventlog.tables import deliveries, entries, groups
@@ -123,6 +124,7 @@ class SqlEventLog:
         lease_seconds: float = 30.0,
         block_seconds: float = 0.0,
     ) -> list[Delivery]:
+        check_claim_count(max_count)
         deadline = asyncio.get_running_loop().time() + block_seconds
         pause = _POLL_MIN_SECONDS
         while True:
