@@ -322,24 +322,48 @@ async def _feed_log(
 class _BackendCpu:
     """CPU seconds used by the PostgreSQL backends of an engine's connections, read from /proc
     (the benchmark's server runs on this machine); None when /proc does not show them. The
-    wall-clock rate moves with the machine's other load, CPU per event much less."""
+    wall-clock rate moves with the machine's other load, CPU per event much less. A connection
+    the pool closes during the run (an overflow one, once returned) is read as it closes,
+    before its backend exits."""
 
     def __init__(self, engine: AsyncEngine) -> None:
-        self.pids: list[int] = []
+        self.pids: set[int] = set()
+        self.closed_seconds: float | None = 0.0
 
         @sa_event.listens_for(engine.sync_engine, "connect")
         def _record(dbapi_connection: Any, _record: Any) -> None:
-            self.pids.append(dbapi_connection.driver_connection.get_server_pid())
+            self.pids.add(dbapi_connection.driver_connection.get_server_pid())
+
+        @sa_event.listens_for(engine.sync_engine, "close")
+        def _closing(dbapi_connection: Any, _record: Any) -> None:
+            pid = dbapi_connection.driver_connection.get_server_pid()
+            if pid not in self.pids:
+                return
+            self.pids.discard(pid)
+            spent = _backend_seconds(pid)
+            self.closed_seconds = (
+                None
+                if spent is None or self.closed_seconds is None
+                else self.closed_seconds + spent
+            )
 
     def seconds(self) -> float | None:
-        total = 0.0
+        total = self.closed_seconds
         for pid in self.pids:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
+            spent = _backend_seconds(pid)
+            if spent is None or total is None:
                 return None
-            total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
-        return total / os.sysconf("SC_CLK_TCK")
+            total += spent
+        return total
+
+
+def _backend_seconds(pid: int) -> float | None:
+    """utime + stime of a PostgreSQL backend on this machine, or None if /proc lacks it."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class _TimedLog:
