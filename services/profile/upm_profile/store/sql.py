@@ -585,24 +585,7 @@ class SqlProfileStore:
             changes.append(change(pb.PROFILE_CHANGE_TYPE_MERGED, winner, merged=losers))
         assigned = [(resolver.find(t), e) for t, e in zip(targets, items, strict=True)]
         changes += await self._apply_effects(conn, assigned, emit_events=self.emit_event_applied)
-        dumps = self._json_column
-        await self._insert_rows(
-            conn,
-            applied_events,
-            _APPLIED_COLUMNS,
-            [
-                (
-                    e.id,
-                    pid,
-                    e.kind,
-                    e.time,
-                    dumps([f"{t}:{v}" for t, v in e.identifiers]),
-                    e.payload,
-                    now,
-                )
-                for pid, e in assigned
-            ],
-        )
+        await self._record_applied(conn, assigned, now)
         await self._publish(conn, changes)
         conflict_counts: dict[str, int] = defaultdict(int)
         for conflict in resolver.conflicts:
@@ -1100,22 +1083,7 @@ class SqlProfileStore:
         self, conn: AsyncConnection, assigned: list[tuple[str, EventEffects]], *, emit_events: bool
     ) -> list[pb.ProfileChange]:
         changes: list[pb.ProfileChange] = []
-        dumps = self._json_column
-        event_rows = [
-            (
-                e.id,
-                pid,
-                e.type,
-                e.name,
-                e.time,
-                e.received_time,
-                dumps(e.properties or {}),
-                dumps(e.context or {}),
-            )
-            for pid, e in assigned
-            if e.kind == "event"
-        ]
-        await self._insert_rows(conn, events, _EVENT_COLUMNS, event_rows)
+        await self._insert_events(conn, assigned)
         if emit_events:
             # One change per profile, event name and type in a batch, carrying the newest of
             # those events: a consumer learns that the profile did that event, which is all the
@@ -1138,21 +1106,7 @@ class SqlProfileStore:
                 )
                 for (pid, _, _), e in newest.items()
             ]
-        count_adds: dict[tuple[str, str], tuple[int, datetime, datetime]] = {}
-        daily_adds: dict[tuple[str, str, date], tuple[int, float]] = {}
-        for pid, e in assigned:
-            if not e.aggregate:
-                continue
-            key = (pid, e.name)
-            old = count_adds.get(key)
-            count_adds[key] = (
-                (1, e.time, e.time)
-                if old is None
-                else (old[0] + 1, min(old[1], e.time), max(old[2], e.time))
-            )
-            day_key = (pid, e.name, e.day)
-            old_day = daily_adds.get(day_key, (0, 0.0))
-            daily_adds[day_key] = (old_day[0] + 1, old_day[1] + e.revenue)
+        count_adds, daily_adds = self._aggregate_adds(assigned)
         if not self.is_postgres:
             await self._add_counts(conn, count_adds)
             await self._add_daily(conn, daily_adds)
@@ -1182,24 +1136,12 @@ class SqlProfileStore:
             by_tz[tz].append(pid)
         touched = sorted({pid for pid, _ in assigned})
         if self.is_postgres:
-            # Counts, daily buckets, timezones and update times in one statement. The rows go
-            # as one JSON document (asyncpg's per-element array encoding costs more CPU).
-            driver = await driver_connection(conn)
-            await driver.execute(
-                "WITH c AS (INSERT INTO profile_event_counts (profile_id, name, count, first_time,"
-                " last_time) SELECT r->>0, r->>1, (r->>2)::int, (r->>3)::timestamptz,"
-                f" (r->>4)::timestamptz FROM jsonb_array_elements($1::jsonb) AS r{_ADD_TO_COUNTS}),"
-                " d AS (INSERT INTO profile_event_daily (profile_id, name, day, count, revenue)"
-                " SELECT r->>0, r->>1, (r->>2)::date, (r->>3)::int, (r->>4)::float8"
-                f" FROM jsonb_array_elements($2::jsonb) AS r{_ADD_TO_DAILY})"
-                " UPDATE profile_profiles AS p SET updated_time = $3,"
-                " timezone = COALESCE(t->>1, p.timezone)"
-                " FROM jsonb_array_elements($4::jsonb) AS t WHERE p.id = t->>0",
-                _json([(*k, *v) for k, v in sorted(count_adds.items())]),
-                # Revenue as text: float8 reads back every float, NaN and infinities included.
-                _json([(*k, c, repr(r)) for k, (c, r) in sorted(daily_adds.items())]),
+            await self._add_aggregates_pg(
+                conn,
+                count_adds,
+                daily_adds,
+                [(pid, newest_tz[pid][1] if pid in newest_tz else None) for pid in touched],
                 now,
-                _json([(pid, newest_tz[pid][1] if pid in newest_tz else None) for pid in touched]),
             )
         else:
             for tz, pids in by_tz.items():
@@ -1211,6 +1153,102 @@ class SqlProfileStore:
                     update(profiles).where(profiles.c.id.in_(chunk)).values(updated_time=now)
                 )
         return changes
+
+    @staticmethod
+    def _aggregate_adds(
+        assigned: Sequence[tuple[str, EventEffects]],
+    ) -> tuple[
+        dict[tuple[str, str], tuple[int, datetime, datetime]],
+        dict[tuple[str, str, date], tuple[int, float]],
+    ]:
+        """What the aggregated events of `assigned` add to each (profile, name) count (count,
+        first and last time) and to each (profile, name, day) bucket (count, revenue)."""
+        count_adds: dict[tuple[str, str], tuple[int, datetime, datetime]] = {}
+        daily_adds: dict[tuple[str, str, date], tuple[int, float]] = {}
+        for pid, e in assigned:
+            if not e.aggregate:
+                continue
+            key = (pid, e.name)
+            old = count_adds.get(key)
+            count_adds[key] = (
+                (1, e.time, e.time)
+                if old is None
+                else (old[0] + 1, min(old[1], e.time), max(old[2], e.time))
+            )
+            day_key = (pid, e.name, e.day)
+            old_day = daily_adds.get(day_key, (0, 0.0))
+            daily_adds[day_key] = (old_day[0] + 1, old_day[1] + e.revenue)
+        return count_adds, daily_adds
+
+    async def _insert_events(
+        self, conn: AsyncConnection, assigned: Sequence[tuple[str, EventEffects]]
+    ) -> None:
+        """The event rows of `assigned` (an UpdateConsent call has none)."""
+        dumps = self._json_column
+        rows = [
+            (
+                e.id,
+                pid,
+                e.type,
+                e.name,
+                e.time,
+                e.received_time,
+                dumps(e.properties or {}),
+                dumps(e.context or {}),
+            )
+            for pid, e in assigned
+            if e.kind == "event"
+        ]
+        await self._insert_rows(conn, events, _EVENT_COLUMNS, rows)
+
+    async def _record_applied(
+        self, conn: AsyncConnection, assigned: Sequence[tuple[str, EventEffects]], now: datetime
+    ) -> None:
+        """The ledger entries of `assigned`: what makes a redelivered event a duplicate, and
+        what an unmerge replays."""
+        dumps = self._json_column
+        rows = [
+            (
+                e.id,
+                pid,
+                e.kind,
+                e.time,
+                dumps([f"{t}:{v}" for t, v in e.identifiers]),
+                e.payload,
+                now,
+            )
+            for pid, e in assigned
+        ]
+        await self._insert_rows(conn, applied_events, _APPLIED_COLUMNS, rows)
+
+    async def _add_aggregates_pg(
+        self,
+        conn: AsyncConnection,
+        count_adds: dict[tuple[str, str], tuple[int, datetime, datetime]],
+        daily_adds: dict[tuple[str, str, date], tuple[int, float]],
+        touched: Sequence[tuple[str, str | None]],
+        now: datetime,
+    ) -> None:
+        """Counts, daily buckets, and the touched profiles' timezones (None keeps theirs) and
+        update times, in one statement. The rows go as one JSON document each (asyncpg's
+        per-element array encoding costs more CPU)."""
+        driver = await driver_connection(conn)
+        await driver.execute(
+            "WITH c AS (INSERT INTO profile_event_counts (profile_id, name, count, first_time,"
+            " last_time) SELECT r->>0, r->>1, (r->>2)::int, (r->>3)::timestamptz,"
+            f" (r->>4)::timestamptz FROM jsonb_array_elements($1::jsonb) AS r{_ADD_TO_COUNTS}),"
+            " d AS (INSERT INTO profile_event_daily (profile_id, name, day, count, revenue)"
+            " SELECT r->>0, r->>1, (r->>2)::date, (r->>3)::int, (r->>4)::float8"
+            f" FROM jsonb_array_elements($2::jsonb) AS r{_ADD_TO_DAILY})"
+            " UPDATE profile_profiles AS p SET updated_time = $3,"
+            " timezone = COALESCE(t->>1, p.timezone)"
+            " FROM jsonb_array_elements($4::jsonb) AS t WHERE p.id = t->>0",
+            _json([(*k, *v) for k, v in sorted(count_adds.items())]),
+            # Revenue as text: float8 reads back every float, NaN and infinities included.
+            _json([(*k, c, repr(r)) for k, (c, r) in sorted(daily_adds.items())]),
+            now,
+            _json(list(touched)),
+        )
 
     async def _add_counts(
         self, conn: AsyncConnection, adds: dict[tuple[str, str], tuple[int, datetime, datetime]]
