@@ -13,10 +13,13 @@ The rate is events over the time from the workers' start to the last acknowledge
 the CPU the workers and their PostgreSQL backends spent per event (read from /proc; the wall-clock
 rate moves with the machine's other load). The ceiling is a COPY of the same number of rows into a
 bare table shaped like profile_events, measured on the same database in the same run. Beside it,
-the pipeline ceiling: the same feeder and workers on another fresh database, claiming, decoding
-and acknowledging every event but applying none, which is what the log and the decoding leave
-for the profile work (an apply rate can come no nearer to it than that work allows). Each run uses
-a fresh database; the figures are those of the median run (all runs are listed). Tune with
+two more ceilings, each the same feeder and workers on another fresh database: the storage floor,
+whose workers write only the rows the issue asks of every event (the ledger check, the event, its
+ledger entry, its count and daily bucket, its profile's update time; no identity resolution,
+traits, consent, merges or change feed), which is what storing the events alone allows; and the
+pipeline ceiling, whose workers claim, decode and acknowledge every event but apply none, which is
+what the log and the decoding leave for the profile work. Each run uses a fresh database; the
+figures are those of the median run (all runs are listed). Tune with
 UPM_BENCH_PROFILE_PROCESSES / _WORKERS (per process) / _BATCH / _BACKLOG.
 
 A second measure appends events to the SQL event log at a fixed rate while two worker processes
@@ -48,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import multiprocessing
 import os
@@ -70,7 +74,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from upm.common.v1 import event_pb2
-from upm_common.db import create_engine
+from upm_common.db import create_engine, driver_connection
 from upm_common.eventlog import EVENTS, PROFILE_CHANGES, Delivery, EventLog, LogRecord
 from upm_common.eventlog.redis import RedisEventLog
 from upm_common.eventlog.sql import SqlEventLog
@@ -257,24 +261,70 @@ async def _ensure_groups(log: EventLog) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class _Setup:
-    """Where one throughput run happens: its database, transport and Redis key prefix."""
+    """Where one throughput run happens: its database, transport and Redis key prefix, and
+    which store the workers apply through (the service's, or one of the two ceilings')."""
 
     url: str
     transport: str
     prefix: str
     tasks: int = TASKS_PER_PROCESS
     batch: int = BATCH
-    # False: the workers claim, decode and acknowledge but apply nothing (the pipeline ceiling).
-    apply_events: bool = True
+    store: type[SqlProfileStore] = SqlProfileStore
 
 
 class _NothingApplied(SqlProfileStore):
-    """A store whose apply does nothing: what the log and decoding alone let workers reach."""
+    """A store whose apply does nothing: what the log and decoding alone let workers reach
+    (the pipeline ceiling)."""
 
     async def apply(
         self, batch: Sequence[EventEffects], *, wait_for_busy: bool = True
     ) -> ApplyResult:
         return ApplyResult(len(batch), 0, 0, 0, {})
+
+
+class _RowsOnly(SqlProfileStore):
+    """A store that writes only the rows the issue asks of every event, through the service
+    store's own statements: the ledger check, the event row, its ledger entry, its count and
+    daily bucket, and its profile's update time. There is no identity resolution (an event's
+    profile is a hash of its first identifier, created if missing), and no traits, consent,
+    merges or change feed: what storing the events alone lets workers reach (the storage floor).
+    """
+
+    async def apply(
+        self, batch: Sequence[EventEffects], *, wait_for_busy: bool = True
+    ) -> ApplyResult:
+        unique = {e.id: e for e in batch if e.identifiers}
+
+        async def work(conn: Any) -> ApplyResult:
+            driver = await driver_connection(conn)
+            seen = {
+                row[0]
+                for row in await driver.fetch(
+                    "SELECT id FROM profile_applied_events WHERE id = ANY($1::text[])",
+                    list(unique),
+                )
+            }
+            assigned = [
+                (hashlib.md5(str(e.identifiers[0]).encode()).hexdigest(), e)
+                for e in unique.values()
+                if e.id not in seen
+            ]
+            now = datetime.now(UTC)
+            touched = sorted({pid for pid, _ in assigned})
+            await driver.execute(
+                "INSERT INTO profile_profiles (id, created_time, updated_time)"
+                " SELECT p, $2, $2 FROM unnest($1::text[]) AS p ON CONFLICT DO NOTHING",
+                touched,
+                now,
+            )
+            await self._insert_events(conn, assigned)
+            counts, daily = self._aggregate_adds(assigned)
+            await self._add_aggregates_pg(conn, counts, daily, [(p, None) for p in touched], now)
+            await self._record_applied(conn, assigned, now)
+            return ApplyResult(len(assigned), len(seen), 0, len(batch) - len(unique), {})
+
+        result: ApplyResult = await self._transaction(work)
+        return result
 
 
 async def _feed_log(
@@ -426,7 +476,7 @@ async def _drain_share(setup: _Setup, done: Any, acked: Any) -> dict[str, Any]:
         publisher = (
             SqlLogPublisher(event_log) if isinstance(event_log, SqlEventLog) else OutboxPublisher()
         )
-        store = (SqlProfileStore if setup.apply_events else _NothingApplied)(engine, publisher)
+        store = setup.store(engine, publisher)
         consumer = f"bench-{os.getpid()}-{index}"
         workers.append(
             ProfileWorker(
@@ -874,7 +924,8 @@ async def _one_run(
     events: Sequence[event_pb2.Event], processes: int, tasks: int, transport: str = "sql"
 ) -> dict[str, Any]:
     """Apply through the workers, then COPY the same rows, on one fresh database; then the
-    pipeline ceiling (the same workers applying nothing) on another."""
+    storage floor (the same workers writing only the rows every event needs) and the pipeline
+    ceiling (the same workers applying nothing), each on another."""
     payloads = [e.SerializeToString() for e in events]
     keys = [identity_key(e) for e in events]
     async with _fresh_database() as url:
@@ -883,22 +934,25 @@ async def _one_run(
         )
         apply = await _apply_throughput(setup, payloads, keys, processes)
         copy = await _raw_copy(url, events)
-    async with _fresh_database() as url:
-        # The same run elsewhere (the first run's Redis keys are deleted by now).
-        ceiling_setup = replace(setup, url=url, apply_events=False)
-        ceiling = await _apply_throughput(ceiling_setup, payloads, keys, processes)
-    return {
+    result: dict[str, Any] = {
         "apply": apply,
         "raw_copy": copy,
         "apply_vs_copy": round(apply["events_per_second"] / copy["rows_per_second"], 4),
-        "pipeline_ceiling": {
-            k: ceiling[k]
-            for k in ("events_per_second", "cpu_us_per_event", "seconds", "pending_after")
-        },
-        "apply_vs_pipeline_ceiling": round(
-            apply["events_per_second"] / ceiling["events_per_second"], 4
-        ),
     }
+    for name, store in (("storage_floor", _RowsOnly), ("pipeline_ceiling", _NothingApplied)):
+        async with _fresh_database() as url:
+            # The same run elsewhere (the earlier run's Redis keys are deleted by now).
+            other = await _apply_throughput(
+                replace(setup, url=url, store=store), payloads, keys, processes
+            )
+        result[name] = {
+            k: other[k]
+            for k in ("events_per_second", "cpu_us_per_event", "seconds", "pending_after")
+        }
+        result[f"apply_vs_{name}"] = round(
+            apply["events_per_second"] / other["events_per_second"], 4
+        )
+    return result
 
 
 async def run(smoke: bool) -> dict[str, Any]:
