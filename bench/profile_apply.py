@@ -378,7 +378,8 @@ class _BackendCpu:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.pids: set[int] = set()
-        self.closed_seconds: float | None = 0.0
+        # What the backends of closed connections had spent as they closed (None: unread).
+        self.closed: list[float | None] = []
 
         @sa_event.listens_for(engine.sync_engine, "connect")
         def _record(dbapi_connection: Any, _record: Any) -> None:
@@ -387,24 +388,13 @@ class _BackendCpu:
         @sa_event.listens_for(engine.sync_engine, "close")
         def _closing(dbapi_connection: Any, _record: Any) -> None:
             pid = dbapi_connection.driver_connection.get_server_pid()
-            if pid not in self.pids:
-                return
-            self.pids.discard(pid)
-            spent = _backend_seconds(pid)
-            self.closed_seconds = (
-                None
-                if spent is None or self.closed_seconds is None
-                else self.closed_seconds + spent
-            )
+            if pid in self.pids:
+                self.pids.discard(pid)
+                self.closed.append(_backend_seconds(pid))
 
     def seconds(self) -> float | None:
-        total = self.closed_seconds
-        for pid in self.pids:
-            spent = _backend_seconds(pid)
-            if spent is None or total is None:
-                return None
-            total += spent
-        return total
+        spent = self.closed + [_backend_seconds(pid) for pid in self.pids]
+        return None if None in spent else sum(s for s in spent if s is not None)
 
 
 def _backend_seconds(pid: int) -> float | None:
